@@ -1,0 +1,357 @@
+//! [`Client`]: the connection to etcd and go-kit's client methods.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel as cb;
+use parking_lot::Mutex;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::instancer::validate_prefix;
+use crate::options::{ClientOptions, Service};
+use crate::registrar::Registrar;
+use crate::runtime::{Command, Core};
+use crate::watch_prefix;
+
+const LOG: &str = "etcd_sd::client";
+
+/// A connection to an etcd cluster (go-kit's `etcdv3.Client`), as plain
+/// blocking calls.
+///
+/// Each `Client` owns two threads: `etcd-sd-runtime`, a tokio runtime that does
+/// all etcd I/O, and `etcd-sd-dispatch`, which runs subscriber callbacks.
+/// Clones share them, as do the [`Registrar`]s and
+/// [`Instancer`](crate::Instancer)s made from it, whatever their number; the
+/// threads are joined when the last of all these handles is dropped. Every
+/// call waits at most `request_timeout` (`dial_timeout` for
+/// [`connect`](Client::connect)). The API may be called from inside a tokio
+/// runtime (it never calls `block_on`), but it blocks that runtime's thread
+/// while it waits.
+///
+/// ```no_run
+/// use etcd_sd::{Client, ClientOptions, Service};
+/// let client = Client::connect(&["127.0.0.1:2379"], ClientOptions::default())?;
+/// client.register(&Service::new("/services/foosvc/1.2.3.4:8080", "http://1.2.3.4:8080"))?;
+/// assert_eq!(client.get_entries("/services/foosvc/")?, ["http://1.2.3.4:8080"]);
+/// client.deregister(&Service::new("/services/foosvc/1.2.3.4:8080", ""))?;
+/// # Ok::<(), etcd_sd::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Registrations made with [`Client::register`], by key.
+    registered: Mutex<HashMap<String, Arc<Registrar>>>,
+    last_lease: AtomicI64,
+    core: Arc<Core>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.inner.core.endpoints)
+            .field("options", &self.inner.core.options)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to the cluster and checks that it answers.
+    ///
+    /// Endpoints are `host:port`, `http://host:port` or `https://host:port`;
+    /// with any TLS file in `options`, plain `host:port` means TLS. Returns once
+    /// a member answered a status call, at most `dial_timeout` after the call.
+    ///
+    /// # Errors
+    /// * `InvalidArgument`: no endpoints, a malformed endpoint (`""`,
+    ///   `"http://"`, `"host:notaport"`, port 0), `http://` with TLS files, a
+    ///   certificate without its key or the other way round;
+    /// * `Tls`: a TLS file cannot be read or parsed, or the handshake failed;
+    /// * `Timeout` / `Unavailable`: no member answered within `dial_timeout`;
+    /// * `Auth`: wrong user name or password.
+    pub fn connect<S: AsRef<str>>(endpoints: &[S], options: ClientOptions) -> Result<Client> {
+        let tls = options.uses_tls();
+        if endpoints.is_empty() {
+            return Err(Error::invalid("no endpoints given"));
+        }
+        let endpoints = endpoints
+            .iter()
+            .map(|e| normalize_endpoint(e.as_ref(), tls))
+            .collect::<Result<Vec<_>>>()?;
+        let connect = connect_options(&options)?;
+        let core = Core::start(endpoints, connect, options)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                registered: Mutex::new(HashMap::new()),
+                last_lease: AtomicI64::new(0),
+                core: Arc::new(core),
+            }),
+        })
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.inner.core
+    }
+
+    /// The values of all keys under `prefix`, in key order (go-kit's
+    /// `GetEntries`), read at one revision, a page at a time.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an empty prefix; `Timeout`, `Unavailable`,
+    /// `Auth` or `Etcd` when etcd cannot answer within `request_timeout`.
+    pub fn get_entries(&self, prefix: &str) -> Result<Vec<String>> {
+        validate_prefix(prefix)?;
+        let core = &self.inner.core;
+        core.call("get entries", core.request_timeout(), |reply| Command::GetEntries {
+            prefix: prefix.to_owned(),
+            reply,
+        })
+    }
+
+    /// A notifier for changes under `prefix` (go-kit's `WatchPrefix`): the
+    /// receiver holds one `()` at once (the initial sentinel), then gets one
+    /// after each change. Notifications are coalesced: at most one waits. The
+    /// watch resumes by itself after outages and ends once the receiver is
+    /// dropped and the next change comes, or when the client goes.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an empty prefix; `Closed` if the runtime is gone.
+    pub fn watch_prefix(&self, prefix: &str) -> Result<cb::Receiver<()>> {
+        validate_prefix(prefix)?;
+        let (tx, rx) = cb::bounded(1);
+        let _ = tx.try_send(());
+        self.inner.core.send(Command::WatchPrefix(watch_prefix::Task {
+            prefix: prefix.to_owned(),
+            tx,
+        }))?;
+        Ok(rx)
+    }
+
+    /// Registers `service` under its own lease and keeps it alive (go-kit's
+    /// `Register`), exactly like a [`Registrar`] owned by this client: it
+    /// re-registers after losses until [`deregister`](Client::deregister) or
+    /// until the last handle of this client is dropped. Registering the same
+    /// key again replaces the earlier registration.
+    ///
+    /// # Errors
+    /// `NoKey` for an empty key, then `NoValue` for an empty value, both before
+    /// any network traffic; otherwise as [`Registrar::register`].
+    pub fn register(&self, service: &Service) -> Result<()> {
+        service.validate()?;
+        let registrar = {
+            let mut map = self.inner.registered.lock();
+            let existing = map.get(&service.key).filter(|r| {
+                r.service().value == service.value && r.service().ttl == service.ttl
+            });
+            match existing {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(Registrar::on_core(self.inner.core.clone(), service.clone()));
+                    if let Some(old) = map.insert(service.key.clone(), r.clone()) {
+                        // Replaced: the new put overwrites the key; revoke the
+                        // old lease without holding the map.
+                        drop(map);
+                        if let Err(e) = old.deregister() {
+                            log::debug!(target: LOG, "{}: replacing registration: {e}", service.key);
+                        }
+                    }
+                    r
+                }
+            }
+        };
+        let result = registrar.register();
+        if let Some(id) = registrar.lease_id() {
+            self.inner.last_lease.store(id, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Removes `service` (go-kit's `Deregister`); only the key is needed.
+    /// A registration made by [`register`](Client::register) is stopped and
+    /// its lease revoked; any other key is deleted.
+    ///
+    /// # Errors
+    /// `NoKey` for an empty key, before any network traffic; `Timeout` or
+    /// `Unavailable` when etcd cannot answer within `request_timeout`.
+    pub fn deregister(&self, service: &Service) -> Result<()> {
+        if service.key.is_empty() {
+            return Err(Error::new(ErrorKind::NoKey, "service key is empty"));
+        }
+        let registrar = self.inner.registered.lock().remove(&service.key);
+        match registrar {
+            Some(r) => r.deregister(),
+            None => {
+                let core = &self.inner.core;
+                core.call("deregister", core.request_timeout(), |reply| Command::DeleteKey {
+                    key: service.key.clone(),
+                    reply,
+                })
+            }
+        }
+    }
+
+    /// The lease of the last successful [`register`](Client::register) on
+    /// this client, 0 if none.
+    pub fn lease_id(&self) -> i64 {
+        self.inner.last_lease.load(Ordering::Relaxed)
+    }
+
+    /// The endpoints in use, normalised (`http://host:port` or
+    /// `https://host:port`).
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.core.endpoints
+    }
+}
+
+/// Checks one endpoint and gives it its scheme.
+pub(crate) fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String> {
+    let bad = |why: &str| Error::invalid(format!("endpoint {endpoint:?}: {why}"));
+    let (scheme, rest) = match endpoint.split_once("://") {
+        Some(("http", rest)) => {
+            if tls {
+                return Err(bad("http:// with TLS files set; use https:// or host:port"));
+            }
+            ("http", rest)
+        }
+        Some(("https", rest)) => ("https", rest),
+        Some((other, _)) => return Err(bad(&format!("unknown scheme {other:?}"))),
+        None => (if tls { "https" } else { "http" }, endpoint),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Err(bad("no host"));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| bad("expected host:port"))?;
+        (host, port)
+    } else {
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
+        if host.contains(':') {
+            return Err(bad("IPv6 addresses go in brackets, like [::1]:2379"));
+        }
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '/' || c == '\0' || c == '@') {
+        return Err(bad("invalid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) => return Err(bad("port 0")),
+        Ok(_) => {}
+        Err(_) => return Err(bad("the port is not a number from 1 to 65535")),
+    }
+    Ok(format!("{scheme}://{rest}"))
+}
+
+/// Maps our options onto etcd-client's: keep-alive while idle at
+/// `dial_keep_alive`, `require_leader` (so a member cut off from its cluster
+/// fails watches instead of going silent), token refresh, TLS and user.
+fn connect_options(options: &ClientOptions) -> Result<etcd_client::ConnectOptions> {
+    let keep_alive = options.effective_dial_keep_alive();
+    let mut connect = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(options.effective_dial_timeout())
+        .with_keep_alive(keep_alive, keep_alive)
+        .with_keep_alive_while_idle(true)
+        .with_tcp_keepalive(keep_alive)
+        .with_require_leader(true)
+        .with_auto_token_refresh(true);
+    match (&options.username, &options.password) {
+        (Some(user), password) => {
+            connect = connect.with_user(user.clone(), password.clone().unwrap_or_default());
+        }
+        (None, Some(_)) => return Err(Error::invalid("a password without a username")),
+        (None, None) => {}
+    }
+    if options.uses_tls() {
+        connect = connect.with_tls(tls_options(options)?);
+    }
+    Ok(connect)
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Tls,
+            format!("cannot read {what} {}", path.display()),
+            e,
+        )
+    })
+}
+
+fn tls_options(options: &ClientOptions) -> Result<etcd_client::TlsOptions> {
+    let mut tls = etcd_client::TlsOptions::new();
+    if let Some(ca) = &options.ca_cert {
+        let pem = read_pem(ca, "CA certificate")?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(Error::new(
+                ErrorKind::Tls,
+                format!("{} holds no PEM certificate", ca.display()),
+            ));
+        }
+        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
+    }
+    match (&options.cert, &options.key) {
+        (Some(cert), Some(key)) => {
+            let cert = read_pem(cert, "client certificate")?;
+            let key = read_pem(key, "client key")?;
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::invalid(
+                "a client certificate needs its key, and a key its certificate",
+            ))
+        }
+    }
+    Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked_and_normalised() {
+        let ok = [
+            ("127.0.0.1:2379", false, "http://127.0.0.1:2379"),
+            ("localhost:2379", true, "https://localhost:2379"),
+            ("http://127.0.0.1:2379/", false, "http://127.0.0.1:2379"),
+            ("https://[::1]:2379", false, "https://[::1]:2379"),
+        ];
+        for (e, tls, want) in ok {
+            assert_eq!(normalize_endpoint(e, tls).unwrap(), want);
+        }
+        let bad = [
+            "", "http://", "host:notaport", "127.0.0.1:0", "127.0.0.1", "ftp://a:1", "::1:2379",
+            "[::1:2379", "a b:1", "127.0.0.1:65536", ":2379",
+        ];
+        for e in bad {
+            let err = normalize_endpoint(e, false).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{e:?}");
+        }
+        assert!(normalize_endpoint("http://127.0.0.1:2379", true).is_err());
+    }
+
+    #[test]
+    fn tls_file_errors() {
+        let o = ClientOptions {
+            ca_cert: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(tls_options(&o).unwrap_err().kind(), ErrorKind::Tls);
+        let o = ClientOptions {
+            cert: Some("/nonexistent/c.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(tls_options(&o).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+}

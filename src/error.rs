@@ -1,0 +1,353 @@
+//! The one error type of the crate: [`Error`], classified by [`ErrorKind`].
+//!
+//! Every failure from etcd, the transport or the runtime is mapped here, in one
+//! place, so that no `etcd_client`, `tonic` or `tokio` type leaks into the public
+//! API. The original error stays reachable through
+//! [`std::error::Error::source`].
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A specialised `Result` whose error is [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A boxed error that can cross threads: what endpoint factories and endpoints
+/// return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong, for programs to branch on.
+///
+/// The kinds are stable; new ones may be added (the enum is `#[non_exhaustive]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A service was given without a key (go-kit's `ErrNoKey`). Checked before
+    /// any network traffic.
+    NoKey,
+    /// A service was given without a value (go-kit's `ErrNoValue`). Checked
+    /// before any network traffic.
+    NoValue,
+    /// An argument was malformed: an empty or unparsable endpoint list, a
+    /// certificate without its key, an invalid string from C, and the like.
+    InvalidArgument,
+    /// A deadline passed: `dial_timeout` while connecting, `request_timeout`
+    /// for any other blocking call, or the deadline of a retrying call.
+    Timeout,
+    /// etcd could not be reached, or the connection broke.
+    Unavailable,
+    /// The object was stopped, deregistered for good, or its client's runtime
+    /// is gone.
+    Closed,
+    /// TLS failed: an unreadable certificate or key file, a wrong CA, a server
+    /// that refused the client certificate.
+    Tls,
+    /// Authentication or authorisation failed: a wrong user name or password,
+    /// or an etcd user without permission for the key or prefix.
+    Auth,
+    /// A load balancer had no endpoint to offer.
+    NoEndpoints,
+    /// etcd answered with an error that fits none of the kinds above.
+    Etcd,
+}
+
+impl ErrorKind {
+    /// A short lowercase description of the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NoKey => "no key provided",
+            ErrorKind::NoValue => "no value provided",
+            ErrorKind::InvalidArgument => "invalid argument",
+            ErrorKind::Timeout => "timed out",
+            ErrorKind::Unavailable => "etcd unavailable",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Tls => "tls error",
+            ErrorKind::Auth => "authentication failed",
+            ErrorKind::NoEndpoints => "no endpoints available",
+            ErrorKind::Etcd => "etcd error",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of every fallible call in this crate.
+///
+/// Cheap to clone (one `Arc`), so the same error can travel in every
+/// [`Event`](crate::Event) of one update. Use [`Error::kind`] to branch,
+/// `Display` to show it to people and [`std::error::Error::source`] for the
+/// underlying cause. Messages never contain passwords or key material.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: String,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// Builds an error of `kind` with a message for people.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                source: None,
+            }),
+        }
+    }
+
+    /// Builds an error of `kind` with a message and the error that caused it.
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Error {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                source: Some(source.into()),
+            }),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The message without the kind prefix.
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+
+    pub(crate) fn closed(what: &str) -> Error {
+        Error::new(ErrorKind::Closed, format!("{what} is closed"))
+    }
+
+    pub(crate) fn timeout(what: &str) -> Error {
+        Error::new(ErrorKind::Timeout, format!("{what} timed out"))
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// The same error with `context: ` put before the message.
+    pub(crate) fn context(&self, context: &str) -> Error {
+        Error {
+            inner: Arc::new(Inner {
+                kind: self.inner.kind,
+                message: format!("{context}: {}", self.inner.message),
+                source: Some(Box::new(self.clone())),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.inner.kind)
+            .field("message", &self.inner.message)
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.inner.message.is_empty() {
+            f.write_str(self.inner.kind.as_str())
+        } else {
+            write!(f, "{}: {}", self.inner.kind.as_str(), self.inner.message)
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Error {
+        Error::new(kind, "")
+    }
+}
+
+/// Walks an error and its sources into one lowercase string, for classification.
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    let mut depth = 0;
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+        depth += 1;
+        if depth > 16 {
+            break;
+        }
+    }
+    text.to_ascii_lowercase()
+}
+
+fn looks_like_tls(text: &str) -> bool {
+    [
+        "tls",
+        "certificate",
+        "handshake",
+        "unknownissuer",
+        "x509",
+        "bad certificate",
+        "alert",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
+fn looks_like_auth(text: &str) -> bool {
+    [
+        "authentication failed",
+        "invalid user id or password",
+        "permission denied",
+        "user name is empty",
+        "invalid auth token",
+        "user name not found",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
+/// Classifies an `etcd_client` error. This is the only place that knows the
+/// shapes of etcd, tonic and transport failures.
+pub(crate) fn from_etcd(e: etcd_client::Error) -> Error {
+    use etcd_client::Error as E;
+    let text = chain_text(&e);
+    let kind = match &e {
+        E::InvalidArgs(_) | E::InvalidUri(_) | E::InvalidMetadataValue(_) => {
+            ErrorKind::InvalidArgument
+        }
+        E::TransportError(_) | E::IoError(_) | E::EndpointError(_) => {
+            if looks_like_tls(&text) {
+                ErrorKind::Tls
+            } else {
+                ErrorKind::Unavailable
+            }
+        }
+        E::GRpcStatus(status) => {
+            use tonic::Code;
+            match status.code() {
+                Code::Unauthenticated | Code::PermissionDenied => ErrorKind::Auth,
+                Code::DeadlineExceeded => ErrorKind::Timeout,
+                _ if looks_like_auth(&text) => ErrorKind::Auth,
+                Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Aborted
+                    if looks_like_tls(&text) =>
+                {
+                    ErrorKind::Tls
+                }
+                Code::Unavailable | Code::Cancelled => ErrorKind::Unavailable,
+                Code::Unknown if text.contains("transport") || text.contains("connect") => {
+                    ErrorKind::Unavailable
+                }
+                _ => ErrorKind::Etcd,
+            }
+        }
+        E::WatchError(_) | E::LeaseKeepAliveError(_) => ErrorKind::Unavailable,
+        _ if looks_like_auth(&text) => ErrorKind::Auth,
+        _ => ErrorKind::Etcd,
+    };
+    let message = text_for_people(&e);
+    Error::with_source(kind, message, e)
+}
+
+/// A one-line description of an etcd error: its own text plus the innermost
+/// cause, which is usually the informative part of a transport error.
+fn text_for_people(e: &etcd_client::Error) -> String {
+    let mut msg = e.to_string();
+    let mut last = None;
+    let mut cur = std::error::Error::source(e);
+    let mut depth = 0;
+    while let Some(s) = cur {
+        last = Some(s.to_string());
+        cur = s.source();
+        depth += 1;
+        if depth > 16 {
+            break;
+        }
+    }
+    if let Some(last) = last {
+        if !msg.contains(&last) {
+            msg.push_str(": ");
+            msg.push_str(&last);
+        }
+    }
+    msg
+}
+
+/// True when an etcd error says the lease does not exist (any more).
+pub(crate) fn is_lease_not_found(e: &Error) -> bool {
+    e.kind() == ErrorKind::Etcd && e.message().contains("requested lease not found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_has_kind_and_message() {
+        let e = Error::new(ErrorKind::Timeout, "get /a");
+        assert_eq!(e.to_string(), "timed out: get /a");
+        assert_eq!(Error::from(ErrorKind::Closed).to_string(), "closed");
+    }
+
+    #[test]
+    fn context_keeps_kind_and_source() {
+        let e = Error::new(ErrorKind::Unavailable, "connection refused").context("register /a");
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(e.to_string().contains("register /a: connection refused"));
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn grpc_codes_map_to_kinds() {
+        let cases = [
+            (tonic::Code::Unauthenticated, "x", ErrorKind::Auth),
+            (tonic::Code::PermissionDenied, "x", ErrorKind::Auth),
+            (tonic::Code::DeadlineExceeded, "x", ErrorKind::Timeout),
+            (tonic::Code::Unavailable, "connection refused", ErrorKind::Unavailable),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+                ErrorKind::Auth,
+            ),
+            (tonic::Code::NotFound, "etcdserver: requested lease not found", ErrorKind::Etcd),
+        ];
+        for (code, msg, kind) in cases {
+            let e = from_etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg)));
+            assert_eq!(e.kind(), kind, "{code:?} {msg}");
+        }
+        let lease = from_etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found",
+        )));
+        assert!(is_lease_not_found(&lease));
+    }
+
+    #[test]
+    fn error_is_send_sync_clone() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<Error>();
+    }
+}

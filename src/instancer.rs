@@ -1,0 +1,480 @@
+//! [`Instancer`]: watches a prefix and keeps subscribers up to date with the
+//! set of values under it (go-kit's `Instancer`).
+//!
+//! The watch loop ([`Task::run`], on the runtime thread) reads the prefix at a
+//! revision R, watches from R + 1 and applies each change to a key → value map
+//! plus a value → count map (for de-duplication). Only when the visible set
+//! changes is a new [`Instances`] snapshot built and published to the topic;
+//! the dispatcher thread hands it to subscribers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use crossbeam_channel as cb;
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
+use crate::client::Client;
+use crate::dispatch::Topic;
+use crate::error::{from_etcd, Error, ErrorKind, Result};
+use crate::instances::{Event, Instances};
+use crate::runtime::{read_prefix, wait_reply, Command, Core, Ctx, Reply};
+
+const LOG: &str = "etcd_sd::instancer";
+
+/// Capacity of a [`Instancer::subscribe`] channel. A subscriber that falls
+/// further behind is skipped and later given only the latest snapshot.
+const SUBSCRIBE_CAPACITY: usize = 16;
+
+/// Identifies a callback added with [`Instancer::on_update`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CallbackId(pub(crate) u64);
+
+impl CallbackId {
+    /// The number behind the id (what the C API hands out).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+/// Watches a prefix and delivers the set of values under it to subscribers.
+///
+/// Subscribers come in three forms: a channel you own
+/// ([`register`](Instancer::register), go-kit style), a channel made for you
+/// ([`subscribe`](Instancer::subscribe)) and a callback
+/// ([`on_update`](Instancer::on_update)). Each gets the current state at once,
+/// then every real change, in order. Every [`Event`] is a full snapshot, so a
+/// subscriber that falls behind is given only the latest one: it never blocks
+/// the watcher or other subscribers.
+///
+/// While etcd cannot be watched, subscribers get one `Event` with `err` set and
+/// the last good instances; when the watch is back, an `Event` without `err`.
+///
+/// # Disconnection
+/// After [`stop`](Instancer::stop) (or drop), `subscribe` receivers still hold
+/// the events already delivered; once those are received, `recv` reports
+/// disconnection at once. Registered senders are dropped; callbacks are
+/// removed and dropped after their last call.
+///
+/// ```no_run
+/// use etcd_sd::{Client, ClientOptions, Instancer};
+/// use etcd_sd::channel::TryRecvError;
+/// let client = Client::connect(&["127.0.0.1:2379"], ClientOptions::default())?;
+/// let instancer = Instancer::new(&client, "/services/barsvc/")?;
+/// let updates = instancer.subscribe();
+/// let first = updates.recv().unwrap(); // the current state, at once
+/// println!("instances: {:?}", first.instances);
+/// assert_eq!(updates.try_recv().unwrap_err(), TryRecvError::Empty); // no change yet
+/// instancer.stop();
+/// assert_eq!(updates.try_recv().unwrap_err(), TryRecvError::Disconnected);
+/// # Ok::<(), etcd_sd::Error>(())
+/// ```
+pub struct Instancer {
+    _core: Arc<Core>,
+    prefix: String,
+    topic: Arc<Topic>,
+    stop: watch::Sender<bool>,
+}
+
+impl fmt::Debug for Instancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instancer")
+            .field("prefix", &self.prefix)
+            .field("stopped", &self.topic.is_stopped())
+            .finish()
+    }
+}
+
+/// Checks a prefix for reading or watching.
+pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() {
+        return Err(Error::invalid(
+            "empty prefix (it would match every key); use \"/\" for all keys under /",
+        ));
+    }
+    Ok(())
+}
+
+impl Instancer {
+    /// Reads the instances under `prefix` and starts watching it.
+    ///
+    /// Blocks until the first read is done, at most `request_timeout`. A
+    /// prefix is used as given (as in go-kit, `/services/barsvc` also matches
+    /// `/services/barsvc2/...`); end it with `/`. A prefix without a final `/`
+    /// is logged once as a warning.
+    ///
+    /// # Errors
+    /// * `InvalidArgument`: an empty prefix;
+    /// * `Timeout`, `Unavailable`, `Auth`, `Etcd`: the first read failed
+    ///   (go-kit returns the error of its first read too);
+    /// * `Closed`: the client's runtime is gone.
+    pub fn new(client: &Client, prefix: &str) -> Result<Instancer> {
+        validate_prefix(prefix)?;
+        if !prefix.ends_with('/') {
+            log::warn!(target: LOG, "prefix {prefix:?} does not end with '/': it also matches keys that merely start with it");
+        }
+        let core = client.core().clone();
+        let topic = Topic::new(prefix.to_owned(), core.dispatcher.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = cb::bounded(1);
+        core.send(Command::Watch(Task {
+            prefix: prefix.to_owned(),
+            topic: topic.clone(),
+            stop: stop_rx,
+            ready: Some(ready_tx),
+        }))?;
+        let instancer = Instancer {
+            _core: core.clone(),
+            prefix: prefix.to_owned(),
+            topic,
+            stop,
+        };
+        wait_reply(&ready_rx, core.request_timeout(), "first read of the prefix")?;
+        Ok(instancer)
+    }
+
+    /// The prefix being watched.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Adds a channel you own (go-kit's `Register`). It gets the current state
+    /// at once, if it has room, then every change; when it is full it is
+    /// skipped and later given the latest state. It is dropped by
+    /// [`deregister`](Instancer::deregister), by `stop`, or when its receiver
+    /// is gone. On a stopped instancer it gets one event with a `Closed` error.
+    pub fn register(&self, tx: cb::Sender<Event>) {
+        self.topic.add_channel(tx);
+    }
+
+    /// Removes a channel added with [`register`](Instancer::register)
+    /// (compared by channel, so any clone of the sender works).
+    pub fn deregister(&self, tx: &cb::Sender<Event>) {
+        self.topic.remove_channel(tx);
+    }
+
+    /// A new receiver of updates, holding the current state at once.
+    ///
+    /// It holds up to 16 events; when it is full, updates wait (coalesced into
+    /// the latest) until it has room. See "Disconnection" above for what
+    /// happens after `stop`. On a stopped instancer it holds one event with a
+    /// `Closed` error and is disconnected.
+    pub fn subscribe(&self) -> cb::Receiver<Event> {
+        let (tx, rx) = cb::bounded(SUBSCRIBE_CAPACITY);
+        self.topic.add_channel(tx);
+        rx
+    }
+
+    /// Calls `f` with the current state and then with every change, on the
+    /// client's dispatcher thread, in order.
+    ///
+    /// `f` may call [`remove_callback`](Instancer::remove_callback),
+    /// [`deregister`](Instancer::deregister) or [`stop`](Instancer::stop) on
+    /// this instancer. A slow `f` delays other callbacks of the same client,
+    /// never the watch. If `f` panics, the panic is caught and logged and `f`
+    /// is removed. On a stopped instancer `f` is dropped without being called.
+    pub fn on_update<F: Fn(&Event) + Send + 'static>(&self, f: F) -> CallbackId {
+        CallbackId(self.topic.add_callback(Box::new(f)).unwrap_or(0))
+    }
+
+    /// Removes a callback. Once this returns, it is not called again: a call
+    /// running on the dispatcher is waited for, unless this is called from
+    /// inside that very call. Its closure is dropped after its last call.
+    /// Unknown ids are ignored.
+    pub fn remove_callback(&self, id: CallbackId) {
+        self.topic.remove_callback(id.0);
+    }
+
+    /// The current state; after [`stop`](Instancer::stop), the last state with
+    /// an error of kind `Closed`.
+    pub fn current(&self) -> Event {
+        self.topic.current()
+    }
+
+    /// Stops watching: cancels the etcd watch, disconnects subscribers (after
+    /// the events they already hold) and removes callbacks. Calling it twice is
+    /// fine; it never blocks on etcd.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        self.topic.stop();
+    }
+}
+
+impl Drop for Instancer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The set of values under the prefix, kept up to date change by change.
+#[derive(Default)]
+struct View {
+    by_key: HashMap<String, Arc<str>>,
+    counts: BTreeMap<Arc<str>, usize>,
+}
+
+impl View {
+    fn reset(&mut self, kvs: Vec<(String, String)>) {
+        self.by_key.clear();
+        self.counts.clear();
+        for (k, v) in kvs {
+            self.put(k, &v);
+        }
+    }
+
+    /// Applies a put; true when the visible set changed.
+    fn put(&mut self, key: String, value: &str) -> bool {
+        if let Some(old) = self.by_key.get(&key) {
+            if &**old == value {
+                return false;
+            }
+        }
+        let value: Arc<str> = match self.counts.get_key_value(value) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(value),
+        };
+        let mut changed = false;
+        if let Some(old) = self.by_key.insert(key, value.clone()) {
+            changed |= self.dec(&old);
+        }
+        let count = self.counts.entry(value).or_insert(0);
+        *count += 1;
+        changed | (*count == 1)
+    }
+
+    /// Applies a delete; true when the visible set changed.
+    fn delete(&mut self, key: &str) -> bool {
+        match self.by_key.remove(key) {
+            Some(old) => self.dec(&old),
+            None => false,
+        }
+    }
+
+    fn dec(&mut self, value: &Arc<str>) -> bool {
+        match self.counts.get_mut(value) {
+            Some(c) if *c > 1 => {
+                *c -= 1;
+                false
+            }
+            Some(_) => {
+                self.counts.remove(value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn snapshot(&self) -> Instances {
+        Instances::from_sorted(self.counts.keys().cloned().collect())
+    }
+}
+
+/// The watch loop of one Instancer, run on the runtime thread.
+pub(crate) struct Task {
+    prefix: String,
+    topic: Arc<Topic>,
+    stop: watch::Receiver<bool>,
+    ready: Option<Reply<()>>,
+}
+
+/// How a watch session ended.
+enum WatchEnd {
+    Stopped,
+    /// The revision to resume from was compacted: read again.
+    Compacted,
+    /// The stream broke or was cancelled by etcd.
+    Broken(Error),
+}
+
+impl Task {
+    pub(crate) async fn run(mut self, ctx: Ctx) {
+        let mut view = View::default();
+        let mut snapshot = Instances::default();
+        let mut revision = 0i64;
+        let mut need_read = true;
+        let mut backoff = Backoff::standard();
+        loop {
+            if need_read {
+                let read = tokio::select! {
+                    r = read_prefix(&ctx, &self.prefix) => r,
+                    _ = stopped(&mut self.stop) => return,
+                };
+                match read {
+                    Ok((rev, kvs)) => {
+                        view.reset(kvs);
+                        snapshot = view.snapshot();
+                        revision = rev;
+                        need_read = false;
+                        self.topic.publish(Event {
+                            instances: snapshot.clone(),
+                            err: None,
+                        });
+                        if let Some(ready) = self.ready.take() {
+                            let _ = ready.send(Ok(()));
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(ready) = self.ready.take() {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                        self.report(&snapshot, e);
+                        if !self.pause(&mut backoff).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            match self
+                .watch(&ctx, &mut view, &mut snapshot, &mut revision, &mut backoff)
+                .await
+            {
+                WatchEnd::Stopped => return,
+                WatchEnd::Compacted => {
+                    log::info!(target: LOG, "{}: revision {} was compacted; reading again", self.prefix, revision + 1);
+                    need_read = true;
+                }
+                WatchEnd::Broken(e) => {
+                    self.report(&snapshot, e);
+                    if !self.pause(&mut backoff).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells subscribers the watch is down, keeping the last good set.
+    fn report(&self, snapshot: &Instances, e: Error) {
+        log::debug!(target: LOG, "{}: {e}", self.prefix);
+        if self.topic.publish(Event {
+            instances: snapshot.clone(),
+            err: Some(e.clone()),
+        }) {
+            log::warn!(target: LOG, "{}: watch down, keeping the last good set: {e}", self.prefix);
+        }
+    }
+
+    /// Sleeps the next backoff step; false when stopped meanwhile.
+    async fn pause(&mut self, backoff: &mut Backoff) -> bool {
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = stopped(&mut self.stop) => false,
+        }
+    }
+
+    /// One watch session from `revision + 1`, applying changes as they come.
+    async fn watch(
+        &mut self,
+        ctx: &Ctx,
+        view: &mut View,
+        snapshot: &mut Instances,
+        revision: &mut i64,
+        backoff: &mut Backoff,
+    ) -> WatchEnd {
+        use etcd_client::{EventType, WatchOptions};
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(*revision + 1)
+            .with_progress_notify();
+        let mut client = ctx.etcd.watch_client();
+        let prefix = self.prefix.clone();
+        let open = ctx.bounded("watch", client.watch(prefix, Some(opts)));
+        let mut stream = tokio::select! {
+            r = open => match r {
+                Ok(s) => s,
+                Err(e) => return WatchEnd::Broken(e),
+            },
+            _ = stopped(&mut self.stop) => return WatchEnd::Stopped,
+        };
+        loop {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                _ = stopped(&mut self.stop) => return WatchEnd::Stopped,
+            };
+            let resp = match msg {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    return WatchEnd::Broken(Error::new(ErrorKind::Unavailable, "watch stream closed"))
+                }
+                Err(e) => return WatchEnd::Broken(from_etcd(e).context("watch")),
+            };
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    return WatchEnd::Compacted;
+                }
+                let reason = resp.cancel_reason();
+                return WatchEnd::Broken(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("watch cancelled by etcd: {reason}"),
+                ));
+            }
+            if resp.created() {
+                backoff.reset();
+                // Back after an outage: say so, even if nothing changed.
+                self.topic.publish(Event {
+                    instances: snapshot.clone(),
+                    err: None,
+                });
+            }
+            let mut changed = false;
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                *revision = (*revision).max(kv.mod_revision());
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                changed |= match ev.event_type() {
+                    EventType::Put => view.put(key, &String::from_utf8_lossy(kv.value())),
+                    EventType::Delete => view.delete(&key),
+                };
+            }
+            if resp.events().is_empty() && !resp.created() {
+                // A progress notification: everything up to here was sent.
+                if let Some(h) = resp.header() {
+                    *revision = (*revision).max(h.revision());
+                }
+            }
+            if changed {
+                *snapshot = view.snapshot();
+                self.topic.publish(Event {
+                    instances: snapshot.clone(),
+                    err: None,
+                });
+            }
+        }
+    }
+}
+
+/// Resolves once the instancer is stopped or dropped.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_dedups_and_reports_visible_changes() {
+        let mut v = View::default();
+        assert!(v.put("/a".into(), "x"));
+        assert!(!v.put("/b".into(), "x"), "same value under a second key");
+        assert!(!v.put("/a".into(), "x"), "identical re-put");
+        assert!(!v.delete("/a"), "x still under /b");
+        assert!(v.delete("/b"));
+        assert!(!v.delete("/nope"));
+        assert!(v.put("/a".into(), "y"));
+        assert!(v.put("/a".into(), "z"), "value replaced");
+        assert_eq!(v.snapshot().to_vec(), ["z"]);
+        v.reset(vec![("/1".into(), "b".into()), ("/2".into(), "a".into()), ("/3".into(), "a".into())]);
+        assert_eq!(v.snapshot().to_vec(), ["a", "b"]);
+    }
+
+    #[test]
+    fn empty_prefix_is_invalid() {
+        assert_eq!(validate_prefix("").unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert!(validate_prefix("/").is_ok());
+    }
+}

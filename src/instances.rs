@@ -1,0 +1,160 @@
+//! [`Instances`], the immutable snapshot every subscriber of one update shares,
+//! and [`Event`], what subscribers receive.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::Error;
+
+/// An immutable, sorted, de-duplicated snapshot of instance strings, shared by
+/// every subscriber of one update: `clone` is O(1) and never copies the strings.
+///
+/// ```
+/// let a = etcd_sd::Instances::from_iter(["b", "a", "b"]);
+/// assert_eq!(a.len(), 2);
+/// assert_eq!(a.get(0), Some("a"));
+/// assert!(a.contains("b") && !a.contains("c"));
+/// assert_eq!(a.iter().collect::<Vec<_>>(), ["a", "b"]);
+/// let b = a.clone(); // shares the strings
+/// assert_eq!(a, b);
+/// ```
+#[derive(Clone, Default)]
+pub struct Instances {
+    items: Arc<[Arc<str>]>,
+}
+
+impl Instances {
+    /// Builds a snapshot from values already sorted and unique. Only the
+    /// watcher calls this; the strings are shared, not copied.
+    pub(crate) fn from_sorted(items: Vec<Arc<str>>) -> Instances {
+        debug_assert!(items.windows(2).all(|w| w[0] < w[1]));
+        Instances {
+            items: items.into(),
+        }
+    }
+
+    /// Number of instances.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True when there is no instance.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The `i`-th instance in sorted order.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        self.items.get(i).map(|s| &**s)
+    }
+
+    /// The instances in sorted order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        self.items.iter().map(|s| &**s)
+    }
+
+    /// Whether `instance` is in the snapshot, in O(log n).
+    pub fn contains(&self, instance: &str) -> bool {
+        self.items
+            .binary_search_by(|probe| (**probe).cmp(instance))
+            .is_ok()
+    }
+
+    /// The instances as owned strings, in sorted order.
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_owned).collect()
+    }
+
+    /// True when both are the very same snapshot (no string comparison).
+    pub(crate) fn ptr_eq(&self, other: &Instances) -> bool {
+        Arc::ptr_eq(&self.items, &other.items)
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for Instances {
+    /// Sorts and de-duplicates.
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Instances {
+        let mut v: Vec<Arc<str>> = iter.into_iter().map(|s| Arc::from(s.as_ref())).collect();
+        v.sort_unstable();
+        v.dedup();
+        Instances::from_sorted(v)
+    }
+}
+
+impl PartialEq for Instances {
+    fn eq(&self, other: &Instances) -> bool {
+        self.ptr_eq(other) || self.items == other.items
+    }
+}
+
+impl Eq for Instances {}
+
+impl fmt::Debug for Instances {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a Instances {
+    type Item = &'a str;
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, Arc<str>>, fn(&'a Arc<str>) -> &'a str>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        fn deref(s: &Arc<str>) -> &str {
+            s
+        }
+        self.items.iter().map(deref as fn(&'a Arc<str>) -> &'a str)
+    }
+}
+
+/// One discovery update (go-kit's `sd.Event`): the full set of instances, and
+/// an error while etcd cannot be watched.
+///
+/// While `err` is set, `instances` holds the **last good** set, so a client
+/// can keep using it; the next event without `err` means discovery is back.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// The instances under the prefix: sorted, de-duplicated, shared.
+    pub instances: Instances,
+    /// Why the set may be stale, or `None` when it is current.
+    pub err: Option<Error>,
+}
+
+impl Event {
+    /// True when both carry the same instances and the same error state.
+    pub(crate) fn same_as(&self, other: &Event) -> bool {
+        self.instances == other.instances
+            && match (&self.err, &other.err) {
+                (None, None) => true,
+                // Subscribers hear of an outage once, whatever errors follow.
+                (Some(_), Some(_)) => true,
+                _ => false,
+            }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_unique_and_shared() {
+        let a: Instances = ["c", "a", "b", "a"].into_iter().collect();
+        assert_eq!(a.to_vec(), ["a", "b", "c"]);
+        let b = a.clone();
+        assert!(a.ptr_eq(&b));
+        assert_eq!(a.get(3), None);
+        let collected: Vec<&str> = (&a).into_iter().collect();
+        assert_eq!(collected, ["a", "b", "c"]);
+        assert!(Instances::default().is_empty());
+    }
+
+    #[test]
+    fn event_sameness() {
+        let a = Event { instances: ["x"].into_iter().collect(), err: None };
+        let b = Event { instances: ["x"].into_iter().collect(), err: None };
+        let c = Event { instances: ["x"].into_iter().collect(), err: Some(crate::ErrorKind::Unavailable.into()) };
+        assert!(a.same_as(&b));
+        assert!(!a.same_as(&c));
+    }
+}

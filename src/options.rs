@@ -1,0 +1,279 @@
+//! Plain configuration values: [`ClientOptions`], [`Service`] and [`TtlOption`].
+//!
+//! Nothing here does I/O; the defaults and clamping rules of go-kit live here.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default `dial_timeout` and `dial_keep_alive`.
+pub(crate) const DEFAULT_DIAL: Duration = Duration::from_secs(3);
+/// Default `request_timeout`.
+pub(crate) const DEFAULT_REQUEST: Duration = Duration::from_secs(5);
+/// Default heartbeat of a [`Service`] without a [`TtlOption`].
+pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(3);
+/// Default ttl of a [`Service`] without a [`TtlOption`].
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// The shortest heartbeat [`TtlOption::new`] accepts.
+pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// How to reach and authenticate with etcd (go-kit's `ClientOptions`).
+///
+/// Zero durations mean "use the default". `Debug` never prints the password.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = etcd_sd::ClientOptions {
+///     dial_timeout: Duration::from_secs(3),
+///     dial_keep_alive: Duration::from_secs(3),
+///     request_timeout: Duration::from_secs(5),
+///     ..Default::default()
+/// };
+/// assert_eq!(options.effective_request_timeout(), Duration::from_secs(5));
+/// ```
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// Client certificate (PEM) for mutual TLS; needs `key` too.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of `cert`.
+    pub key: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the servers' certificates. Setting any
+    /// of the three TLS files makes plain `host:port` endpoints use TLS.
+    pub ca_cert: Option<PathBuf>,
+    /// How long [`Client::connect`](crate::Client::connect) may take, and the
+    /// bound of each TCP connect. `ZERO` means 3 s.
+    pub dial_timeout: Duration,
+    /// Interval of HTTP/2 keep-alive pings (sent even while idle) and how long
+    /// to wait for their answer before the link is declared dead. `ZERO` means 3 s.
+    pub dial_keep_alive: Duration,
+    /// Bound of every other blocking call. `ZERO` means 5 s.
+    pub request_timeout: Duration,
+    /// etcd user name, for clusters with authentication enabled.
+    pub username: Option<String>,
+    /// Password of `username`. Never printed.
+    pub password: Option<String>,
+}
+
+fn or_default(d: Duration, default: Duration) -> Duration {
+    if d.is_zero() {
+        default
+    } else {
+        d
+    }
+}
+
+impl ClientOptions {
+    /// `dial_timeout`, with zero replaced by its default of 3 s.
+    pub fn effective_dial_timeout(&self) -> Duration {
+        or_default(self.dial_timeout, DEFAULT_DIAL)
+    }
+
+    /// `dial_keep_alive`, with zero replaced by its default of 3 s.
+    pub fn effective_dial_keep_alive(&self) -> Duration {
+        or_default(self.dial_keep_alive, DEFAULT_DIAL)
+    }
+
+    /// `request_timeout`, with zero replaced by its default of 5 s.
+    pub fn effective_request_timeout(&self) -> Duration {
+        or_default(self.request_timeout, DEFAULT_REQUEST)
+    }
+
+    /// True when any TLS file is set.
+    pub(crate) fn uses_tls(&self) -> bool {
+        self.cert.is_some() || self.key.is_some() || self.ca_cert.is_some()
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("ca_cert", &self.ca_cert)
+            .field("dial_timeout", &self.dial_timeout)
+            .field("dial_keep_alive", &self.dial_keep_alive)
+            .field("request_timeout", &self.request_timeout)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// How often a registration is refreshed and how long etcd keeps it without
+/// refresh (go-kit's `TTLOption`).
+///
+/// ```
+/// use std::time::Duration;
+/// use etcd_sd::TtlOption;
+/// let t = TtlOption::new(Duration::ZERO, Duration::ZERO);
+/// assert_eq!(t.heartbeat(), Duration::from_secs(3));
+/// assert_eq!(t.ttl(), Duration::from_secs(9));
+/// let t = TtlOption::new(Duration::from_millis(100), Duration::from_secs(10));
+/// assert_eq!(t.heartbeat(), Duration::from_millis(500));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtlOption {
+    heartbeat: Duration,
+    ttl: Duration,
+}
+
+impl TtlOption {
+    /// Builds the option, clamped as go-kit does: a zero heartbeat means 3 s, a
+    /// non-zero heartbeat under 500 ms is raised to 500 ms, and a ttl not
+    /// greater than the heartbeat becomes 3 × heartbeat.
+    pub fn new(heartbeat: Duration, ttl: Duration) -> TtlOption {
+        let heartbeat = if heartbeat.is_zero() {
+            DEFAULT_HEARTBEAT
+        } else {
+            heartbeat.max(MIN_HEARTBEAT)
+        };
+        let ttl = if ttl <= heartbeat {
+            heartbeat.saturating_mul(3)
+        } else {
+            ttl
+        };
+        TtlOption { heartbeat, ttl }
+    }
+
+    /// The interval between keep-alives.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// How long etcd keeps the key without a keep-alive (the clamped value).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The ttl in whole seconds as granted to the etcd lease: rounded up, never
+    /// down, and capped at what etcd accepts.
+    pub(crate) fn lease_seconds(&self) -> i64 {
+        let secs = self.ttl.as_secs() + u64::from(self.ttl.subsec_nanos() > 0);
+        // etcd refuses leases longer than 9,000,000,000 s (`MaxLeaseTTL`).
+        secs.clamp(1, 9_000_000_000) as i64
+    }
+}
+
+impl Default for TtlOption {
+    fn default() -> TtlOption {
+        TtlOption {
+            heartbeat: DEFAULT_HEARTBEAT,
+            ttl: DEFAULT_TTL,
+        }
+    }
+}
+
+/// One instance to register: a key, the value discovery returns, and an
+/// optional [`TtlOption`] (go-kit's `Service`).
+///
+/// ```
+/// use std::time::Duration;
+/// use etcd_sd::{Service, TtlOption};
+/// let s = Service::new("/services/foosvc/1.2.3.4:8080", "http://1.2.3.4:8080")
+///     .with_ttl(TtlOption::new(Duration::from_secs(1), Duration::from_secs(5)));
+/// assert_eq!(s.ttl.unwrap().ttl(), Duration::from_secs(5));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// The etcd key, e.g. `/services/foosvc/1.2.3.4:8080`.
+    pub key: String,
+    /// The value Instancers report, e.g. `http://1.2.3.4:8080`.
+    pub value: String,
+    /// Heartbeat and ttl; `None` means 3 s heartbeat and 10 s ttl.
+    pub ttl: Option<TtlOption>,
+}
+
+impl Service {
+    /// A service with the default ttl.
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Service {
+        Service {
+            key: key.into(),
+            value: value.into(),
+            ttl: None,
+        }
+    }
+
+    /// The same service with `ttl`.
+    pub fn with_ttl(mut self, ttl: TtlOption) -> Service {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The ttl in force: the given one or the default.
+    pub(crate) fn ttl_or_default(&self) -> TtlOption {
+        self.ttl.unwrap_or_default()
+    }
+
+    /// go-kit's checks: `NoKey` for an empty key, then `NoValue` for an empty
+    /// value.
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        use crate::{Error, ErrorKind};
+        if self.key.is_empty() {
+            return Err(Error::new(ErrorKind::NoKey, "service key is empty"));
+        }
+        if self.value.is_empty() {
+            return Err(Error::new(ErrorKind::NoValue, "service value is empty"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn ttl_clamping() {
+        let cases = [
+            ((0, 0), (3000, 9000)),
+            ((100, 10_000), (500, 10_000)),
+            ((500, 500), (500, 1500)),
+            ((1000, 999), (1000, 3000)),
+            ((1000, 1001), (1000, 1001)),
+            ((2000, 5000), (2000, 5000)),
+        ];
+        for ((hb, ttl), (want_hb, want_ttl)) in cases {
+            let t = TtlOption::new(ms(hb), ms(ttl));
+            assert_eq!((t.heartbeat(), t.ttl()), (ms(want_hb), ms(want_ttl)), "{hb} {ttl}");
+        }
+    }
+
+    #[test]
+    fn lease_seconds_round_up() {
+        assert_eq!(TtlOption::new(ms(500), ms(1500)).lease_seconds(), 2);
+        assert_eq!(TtlOption::new(ms(500), ms(2000)).lease_seconds(), 2);
+        assert_eq!(TtlOption::new(ms(500), ms(2001)).lease_seconds(), 3);
+        let huge = TtlOption::new(Duration::MAX / 4, Duration::MAX / 2);
+        assert!(huge.lease_seconds() > 0);
+    }
+
+    #[test]
+    fn default_service_ttl() {
+        let s = Service::new("k", "v");
+        assert_eq!(s.ttl_or_default().heartbeat(), Duration::from_secs(3));
+        assert_eq!(s.ttl_or_default().ttl(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn validate_order() {
+        use crate::ErrorKind;
+        assert_eq!(Service::new("", "").validate().unwrap_err().kind(), ErrorKind::NoKey);
+        assert_eq!(Service::new("k", "").validate().unwrap_err().kind(), ErrorKind::NoValue);
+        assert!(Service::new("k", "v").validate().is_ok());
+    }
+
+    #[test]
+    fn debug_hides_password() {
+        let o = ClientOptions {
+            username: Some("root".into()),
+            password: Some("hunter2".into()),
+            ..Default::default()
+        };
+        let s = format!("{o:?}");
+        assert!(s.contains("root") && !s.contains("hunter2"), "{s}");
+    }
+}

@@ -1,0 +1,572 @@
+//! [`Registrar`]: keeps one service registered, with its own lease, for as long
+//! as it lives, and brings it back after every loss.
+//!
+//! The public handle lives on the caller's side; the state machine runs as a
+//! task on the runtime thread (see [`Task::run`]):
+//!
+//! ```text
+//! Unregistered ─register()─▶ Registering ─key written─▶ Registered
+//!                                 ▲                        │ lease expired/revoked,
+//!                                 │ (backoff)              ▼ key deleted
+//!                                 └──────────────────────  Lost
+//! any state ─deregister()/drop─▶ Deregistered (lease revoked, key gone)
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel as cb;
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::mpsc;
+
+use crate::backoff::Backoff;
+use crate::client::Client;
+use crate::error::{from_etcd, is_lease_not_found, Error, ErrorKind, Result};
+use crate::options::{Service, TtlOption};
+use crate::runtime::{wait_reply, Command, Core, Ctx, Reply};
+
+const LOG: &str = "etcd_sd::registrar";
+
+/// Where a registration stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationState {
+    /// Made, never registered.
+    Unregistered,
+    /// First attempt under way (granting the lease, writing the key), or
+    /// retrying it after failures.
+    Registering,
+    /// The key is written under a live lease that is kept alive.
+    Registered,
+    /// The lease or the key was lost (outage longer than the ttl, lease
+    /// revoked, key deleted); re-registering with backoff.
+    Lost,
+    /// Deregistered: lease revoked (or left to expire when etcd was down),
+    /// nothing running. `register` starts over.
+    Deregistered,
+}
+
+/// A change of [`RegistrationState`], as delivered by [`Registrar::events`].
+#[derive(Clone, Debug)]
+pub struct RegistrationEvent {
+    /// The new state.
+    pub state: RegistrationState,
+    /// The lease in force, if any.
+    pub lease_id: Option<i64>,
+    /// Why the registration was lost or could not be made, if it was.
+    pub error: Option<Error>,
+}
+
+/// State shared by the handle and the task.
+pub(crate) struct Shared {
+    key: String,
+    status: Mutex<Status>,
+    changed: Condvar,
+}
+
+struct Status {
+    state: RegistrationState,
+    lease_id: Option<i64>,
+    last_error: Option<Error>,
+    listeners: Vec<cb::Sender<RegistrationEvent>>,
+}
+
+impl Shared {
+    fn new(key: String) -> Shared {
+        Shared {
+            key,
+            status: Mutex::new(Status {
+                state: RegistrationState::Unregistered,
+                lease_id: None,
+                last_error: None,
+                listeners: Vec::new(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Records a state; listeners hear of it when the state changed.
+    fn set(&self, state: RegistrationState, lease_id: Option<i64>, error: Option<Error>) {
+        let mut st = self.status.lock();
+        let changed = st.state != state;
+        st.state = state;
+        st.lease_id = lease_id;
+        if error.is_some() || state == RegistrationState::Registered {
+            st.last_error = error.clone();
+        }
+        if changed {
+            match state {
+                RegistrationState::Lost => {
+                    log::warn!(target: LOG, "{}: registration lost: {}", self.key,
+                        error.as_ref().map(ToString::to_string).unwrap_or_default())
+                }
+                _ => log::info!(target: LOG, "{}: {:?} (lease {:?})", self.key, state, lease_id),
+            }
+            let event = RegistrationEvent {
+                state,
+                lease_id,
+                error,
+            };
+            st.listeners.retain(|l| l.send(event.clone()).is_ok());
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Records an error without a state change (a failed retry).
+    fn note_error(&self, error: Error) {
+        log::debug!(target: LOG, "{}: attempt failed: {error}", self.key);
+        self.status.lock().last_error = Some(error);
+        self.changed.notify_all();
+    }
+}
+
+/// Messages from the handle to its task.
+enum Control {
+    /// Revoke the lease and stop.
+    Deregister(Reply<()>),
+}
+
+/// Keeps one [`Service`] registered in etcd (go-kit's `Registrar`), with its
+/// own lease, until it is deregistered or dropped.
+///
+/// Any number of Registrars share one [`Client`] without disturbing each
+/// other; they add no threads.
+///
+/// ```no_run
+/// use etcd_sd::{Client, ClientOptions, Registrar, RegistrationState, Service};
+/// let client = Client::connect(&["127.0.0.1:2379"], ClientOptions::default())?;
+/// let registrar = Registrar::new(&client, Service::new("/services/foosvc/1.2.3.4:8080", "http://1.2.3.4:8080"));
+/// registrar.register()?;
+/// assert_eq!(registrar.state(), RegistrationState::Registered);
+/// registrar.deregister()?; // also done on drop
+/// # Ok::<(), etcd_sd::Error>(())
+/// ```
+pub struct Registrar {
+    core: Arc<Core>,
+    service: Service,
+    shared: Arc<Shared>,
+    /// The running task's control channel; `None` when no task runs.
+    control: Mutex<Option<mpsc::UnboundedSender<Control>>>,
+}
+
+impl fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registrar")
+            .field("key", &self.service.key)
+            .field("state", &self.state())
+            .field("lease_id", &self.lease_id())
+            .finish()
+    }
+}
+
+impl Registrar {
+    /// Makes a registrar for `service` on `client`. Nothing is sent to etcd
+    /// until [`register`](Registrar::register).
+    pub fn new(client: &Client, service: Service) -> Registrar {
+        Registrar::on_core(client.core().clone(), service)
+    }
+
+    pub(crate) fn on_core(core: Arc<Core>, service: Service) -> Registrar {
+        let shared = Arc::new(Shared::new(service.key.clone()));
+        Registrar {
+            core,
+            service,
+            shared,
+            control: Mutex::new(None),
+        }
+    }
+
+    /// Registers the service and keeps it registered.
+    ///
+    /// Blocks until the key is written, at most `request_timeout`. Whether it
+    /// returns `Ok` or an error, the registrar stays active: it keeps trying
+    /// with backoff (100 ms growing to 5 s) and keeps the key alive at the
+    /// heartbeat, re-registering after every loss, until
+    /// [`deregister`](Registrar::deregister) or drop. Calling it while already
+    /// registered returns `Ok` at once.
+    ///
+    /// # Errors
+    /// * `NoKey` / `NoValue`: empty key or value, before any network traffic
+    ///   (nothing keeps running then);
+    /// * `Timeout`, `Unavailable`, `Auth`, `Etcd`: the key could not be written
+    ///   within `request_timeout` (the last attempt's error; retries go on);
+    /// * `Closed`: deregistered by another thread while waiting.
+    pub fn register(&self) -> Result<()> {
+        self.service.validate()?;
+        {
+            let mut control = self.control.lock();
+            if control.is_none() {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.shared.set(RegistrationState::Registering, None, None);
+                self.shared.status.lock().last_error = None;
+                self.core.send(Command::Register(Task {
+                    service: self.service.clone(),
+                    shared: self.shared.clone(),
+                    control: rx,
+                }))?;
+                *control = Some(tx);
+            }
+        }
+        self.wait_registered(self.core.request_timeout())
+    }
+
+    fn wait_registered(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut st = self.shared.status.lock();
+        loop {
+            match st.state {
+                RegistrationState::Registered => return Ok(()),
+                RegistrationState::Deregistered => {
+                    return Err(Error::closed("registrar (deregistered while registering)"))
+                }
+                _ => {}
+            }
+            let timed_out = match deadline {
+                Some(d) => self.shared.changed.wait_until(&mut st, d).timed_out(),
+                None => {
+                    self.shared.changed.wait(&mut st);
+                    false
+                }
+            };
+            if timed_out && st.state != RegistrationState::Registered {
+                return Err(match &st.last_error {
+                    Some(e) => e.context("register (still retrying)"),
+                    None => Error::timeout("register (still retrying)"),
+                });
+            }
+        }
+    }
+
+    /// Deregisters: revokes the lease, so the key goes at once, and stops
+    /// keeping it alive. Idempotent; a no-op when not registered.
+    ///
+    /// Returns within `request_timeout`. With etcd unreachable it returns a
+    /// `Timeout` or `Unavailable` error; the registration is stopped anyway
+    /// and the key expires by itself after its ttl.
+    pub fn deregister(&self) -> Result<()> {
+        let control = self.control.lock().take();
+        let Some(control) = control else {
+            return Ok(());
+        };
+        let (tx, rx) = cb::bounded(1);
+        if control.send(Control::Deregister(tx)).is_err() {
+            self.shared.set(RegistrationState::Deregistered, None, None);
+            return Err(Error::closed("client runtime"));
+        }
+        let r = wait_reply(&rx, self.core.request_timeout(), "deregister");
+        if r.is_err() {
+            // The task finishes by itself (its revoke is bounded too); report
+            // the state the caller asked for.
+            self.shared.set(RegistrationState::Deregistered, None, r.clone().err());
+        }
+        r
+    }
+
+    /// The current state.
+    pub fn state(&self) -> RegistrationState {
+        self.shared.status.lock().state
+    }
+
+    /// The lease in force, if registered.
+    pub fn lease_id(&self) -> Option<i64> {
+        self.shared.status.lock().lease_id
+    }
+
+    /// A new stream of state changes, from now on. The receiver disconnects
+    /// when the registrar is dropped.
+    pub fn events(&self) -> cb::Receiver<RegistrationEvent> {
+        let (tx, rx) = cb::unbounded();
+        self.shared.status.lock().listeners.push(tx);
+        rx
+    }
+
+    /// The service this registrar keeps registered.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        if let Err(e) = self.deregister() {
+            log::warn!(target: LOG, "{}: deregister on drop failed: {e}", self.service.key);
+        }
+        self.shared.status.lock().listeners.clear();
+    }
+}
+
+/// The registration state machine, run on the runtime thread.
+pub(crate) struct Task {
+    service: Service,
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedReceiver<Control>,
+}
+
+/// Why the keep-alive phase ended.
+enum Loss {
+    /// The lease is gone (expired or revoked): grant a new one.
+    Lease(Error),
+    /// The key is gone but the lease may live: put again under it.
+    Key(Error),
+}
+
+impl Task {
+    pub(crate) async fn run(mut self, ctx: Ctx) {
+        let ttl = self.service.ttl_or_default();
+        let mut backoff = Backoff::standard();
+        let mut lease: Option<i64> = None;
+        loop {
+            // Establish: (grant and) put.
+            let attempt = establish(&ctx, &self.service, ttl, lease);
+            let outcome = tokio::select! {
+                r = attempt => r,
+                c = self.control.recv() => return self.finish(&ctx, c, lease).await,
+            };
+            let revision = match outcome {
+                Ok((id, revision)) => {
+                    lease = Some(id);
+                    backoff.reset();
+                    self.shared.set(RegistrationState::Registered, lease, None);
+                    revision
+                }
+                Err((e, known_lease)) => {
+                    lease = known_lease;
+                    self.shared.note_error(e);
+                    if !self.pause(&ctx, &mut backoff, lease).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            // Keep alive until lost.
+            let id = lease.expect("registered with a lease");
+            let loss = tokio::select! {
+                l = keep_alive(&ctx, &self.service.key, id, ttl, revision) => l,
+                c = self.control.recv() => return self.finish(&ctx, c, lease).await,
+            };
+            let error = match loss {
+                Loss::Lease(e) => {
+                    lease = None;
+                    e
+                }
+                Loss::Key(e) => e,
+            };
+            self.shared.set(RegistrationState::Lost, None, Some(error));
+            if !self.pause(&ctx, &mut backoff, lease).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits the next backoff step; false when told to stop meanwhile (and
+    /// then already finished).
+    async fn pause(&mut self, ctx: &Ctx, backoff: &mut Backoff, lease: Option<i64>) -> bool {
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            c = self.control.recv() => {
+                self.finish(ctx, c, lease).await;
+                false
+            }
+        }
+    }
+
+    /// Deregisters (revoking `lease` if known) and reports to whoever asked.
+    async fn finish(&mut self, ctx: &Ctx, control: Option<Control>, lease: Option<i64>) {
+        let result = match lease {
+            Some(id) => {
+                let mut leases = ctx.etcd.lease_client();
+                ctx.bounded("revoke lease", leases.revoke(id))
+                    .await
+                    .map(|_| ())
+                    .or_else(|e| if is_lease_not_found(&e) { Ok(()) } else { Err(e) })
+            }
+            None => Ok(()),
+        };
+        self.shared
+            .set(RegistrationState::Deregistered, None, result.clone().err());
+        if let Some(Control::Deregister(reply)) = control {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Grants a lease (unless `lease` is given and still valid) and writes the key
+/// under it. Returns the lease and the revision of the write; on failure, the
+/// error and the lease that is known to exist (to reuse or revoke).
+async fn establish(
+    ctx: &Ctx,
+    service: &Service,
+    ttl: TtlOption,
+    lease: Option<i64>,
+) -> std::result::Result<(i64, i64), (Error, Option<i64>)> {
+    let mut leases = ctx.etcd.lease_client();
+    let kv = ctx.etcd.kv_client();
+    let put = |id: i64| {
+        let mut kv = kv.clone();
+        let key = service.key.clone();
+        let value = service.value.clone();
+        async move {
+            kv.put(key, value, Some(etcd_client::PutOptions::new().with_lease(id)))
+                .await
+        }
+    };
+    if let Some(id) = lease {
+        match ctx.bounded("put", put(id)).await {
+            Ok(resp) => return Ok((id, resp.header().map(|h| h.revision()).unwrap_or(0))),
+            Err(e) if is_lease_not_found(&e) => {}
+            Err(e) => return Err((e, Some(id))),
+        }
+    }
+    let granted = ctx
+        .bounded("grant lease", leases.grant(ttl.lease_seconds(), None))
+        .await
+        .map_err(|e| (e, None))?;
+    let id = granted.id();
+    match ctx.bounded("put", put(id)).await {
+        Ok(resp) => Ok((id, resp.header().map(|h| h.revision()).unwrap_or(0))),
+        Err(e) => Err((e, Some(id))),
+    }
+}
+
+/// Keeps `lease` alive at the heartbeat and watches `key` from the revision
+/// after `revision`; returns when the lease or the key is gone, or when no
+/// keep-alive succeeded for a whole ttl (etcd has dropped the lease by then).
+async fn keep_alive(ctx: &Ctx, key: &str, lease: i64, ttl: TtlOption, revision: i64) -> Loss {
+    use etcd_client::{EventType, WatchOptions};
+    let heartbeat = ttl.heartbeat();
+    let mut last_ok = tokio::time::Instant::now();
+    let mut keeper: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> = None;
+    let mut watched_rev = revision;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let open_bound = ctx.request_timeout.min(heartbeat.max(Duration::from_millis(500)));
+    // The key watch starts after the put's revision, so a delete right after
+    // the put is seen; a broken watch is reopened at the next heartbeat.
+    let open_watch = |from: i64| {
+        let mut client = ctx.etcd.watch_client();
+        async move {
+            let opts = WatchOptions::new().with_start_revision(from + 1);
+            match tokio::time::timeout(open_bound, client.watch(key, Some(opts))).await {
+                Ok(Ok(w)) => Some(w),
+                Ok(Err(e)) => {
+                    log::debug!(target: LOG, "{key}: cannot watch own key: {e}");
+                    None
+                }
+                Err(_) => {
+                    log::debug!(target: LOG, "{key}: watching own key timed out");
+                    None
+                }
+            }
+        }
+    };
+    let mut watch: Option<etcd_client::WatchStream> = open_watch(watched_rev).await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if watch.is_none() {
+                    watch = open_watch(watched_rev).await;
+                }
+                if last_ok.elapsed() >= ttl.ttl() {
+                    return Loss::Lease(Error::new(ErrorKind::Unavailable,
+                        format!("no keep-alive answered for {:?} (the ttl)", ttl.ttl())));
+                }
+                match &mut keeper {
+                    Some((k, _)) => {
+                        if k.keep_alive().await.is_err() {
+                            keeper = None;
+                        }
+                    }
+                    None => {
+                        let mut leases = ctx.etcd.lease_client();
+                        match tokio::time::timeout(open_bound, leases.keep_alive(lease)).await {
+                            Ok(Ok(pair)) => {
+                                // Opening sends and answers the first keep-alive.
+                                last_ok = tokio::time::Instant::now();
+                                keeper = Some(pair);
+                            }
+                            Ok(Err(etcd_client::Error::LeaseKeepAliveError(msg))) if msg.contains("not found") => {
+                                return Loss::Lease(Error::new(ErrorKind::Etcd, "lease expired or revoked"));
+                            }
+                            Ok(Err(e)) => {
+                                let e = from_etcd(e);
+                                if is_lease_not_found(&e) {
+                                    return Loss::Lease(e);
+                                }
+                                log::debug!(target: LOG, "{key}: keep-alive stream failed: {e}");
+                            }
+                            Err(_) => log::debug!(target: LOG, "{key}: keep-alive stream open timed out"),
+                        }
+                    }
+                }
+            }
+            msg = next_keep_alive(&mut keeper) => match msg {
+                Ok(Some(resp)) if resp.ttl() <= 0 => {
+                    return Loss::Lease(Error::new(ErrorKind::Etcd, "lease expired or revoked"));
+                }
+                Ok(Some(_)) => last_ok = tokio::time::Instant::now(),
+                Ok(None) | Err(_) => keeper = None,
+            },
+            msg = next_watch(&mut watch) => match msg {
+                Ok(Some(resp)) => {
+                    if resp.canceled() {
+                        watch = None;
+                        if resp.compact_revision() > 0 {
+                            // History is gone; a fresh watch from now plus a
+                            // read tell us whether the key is still there.
+                            watched_rev = resp.compact_revision() - 1;
+                            let mut kv = ctx.etcd.kv_client();
+                            if let Ok(r) = ctx.bounded("get own key", kv.get(key, None)).await {
+                                watched_rev = r.header().map(|h| h.revision()).unwrap_or(watched_rev);
+                                if r.kvs().is_empty() {
+                                    return Loss::Key(Error::new(ErrorKind::Etcd, "key deleted by someone else"));
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    if let Some(h) = resp.header() {
+                        watched_rev = watched_rev.max(h.revision());
+                    }
+                    for ev in resp.events() {
+                        if let Some(kv) = ev.kv() {
+                            watched_rev = watched_rev.max(kv.mod_revision());
+                        }
+                        match ev.event_type() {
+                            EventType::Delete => {
+                                return Loss::Key(Error::new(ErrorKind::Etcd, "key deleted by someone else"));
+                            }
+                            EventType::Put => {
+                                if let Some(kv) = ev.kv() {
+                                    if kv.lease() != lease {
+                                        log::warn!(target: LOG, "{key}: overwritten by someone else (lease {}); waiting for it to go", kv.lease());
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => watch = None,
+            },
+        }
+    }
+}
+
+async fn next_keep_alive(
+    keeper: &mut Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+) -> std::result::Result<Option<etcd_client::LeaseKeepAliveResponse>, etcd_client::Error> {
+    match keeper {
+        Some((_, stream)) => stream.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_watch(
+    watch: &mut Option<etcd_client::WatchStream>,
+) -> std::result::Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
+    match watch {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
+    }
+}
