@@ -92,7 +92,11 @@ mod tests {
         let mut step = Duration::from_millis(100);
         for _ in 0..20 {
             let d = b.next_delay();
-            assert!(d >= step / 2 && d <= step, "{d:?} outside [{:?}, {step:?}]", step / 2);
+            assert!(
+                d >= step / 2 && d <= step,
+                "{d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
             step = (step * 2).min(Duration::from_secs(5));
         }
         b.reset();

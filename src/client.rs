@@ -106,9 +106,11 @@ impl Client {
     pub fn get_entries(&self, prefix: &str) -> Result<Vec<String>> {
         validate_prefix(prefix)?;
         let core = &self.inner.core;
-        core.call("get entries", core.request_timeout(), |reply| Command::GetEntries {
-            prefix: prefix.to_owned(),
-            reply,
+        core.call("get entries", core.request_timeout(), |reply| {
+            Command::GetEntries {
+                prefix: prefix.to_owned(),
+                reply,
+            }
         })
     }
 
@@ -124,10 +126,12 @@ impl Client {
         validate_prefix(prefix)?;
         let (tx, rx) = cb::bounded(1);
         let _ = tx.try_send(());
-        self.inner.core.send(Command::WatchPrefix(watch_prefix::Task {
-            prefix: prefix.to_owned(),
-            tx,
-        }))?;
+        self.inner
+            .core
+            .send(Command::WatchPrefix(watch_prefix::Task {
+                prefix: prefix.to_owned(),
+                tx,
+            }))?;
         Ok(rx)
     }
 
@@ -144,9 +148,9 @@ impl Client {
         service.validate()?;
         let registrar = {
             let mut map = self.inner.registered.lock();
-            let existing = map.get(&service.key).filter(|r| {
-                r.service().value == service.value && r.service().ttl == service.ttl
-            });
+            let existing = map
+                .get(&service.key)
+                .filter(|r| r.service().value == service.value && r.service().ttl == service.ttl);
             match existing {
                 Some(r) => r.clone(),
                 None => {
@@ -186,9 +190,11 @@ impl Client {
             Some(r) => r.deregister(),
             None => {
                 let core = &self.inner.core;
-                core.call("deregister", core.request_timeout(), |reply| Command::DeleteKey {
-                    key: service.key.clone(),
-                    reply,
+                core.call("deregister", core.request_timeout(), |reply| {
+                    Command::DeleteKey {
+                        key: service.key.clone(),
+                        reply,
+                    }
                 })
             }
         }
@@ -232,7 +238,9 @@ pub(crate) fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String> {
             .ok_or_else(|| bad("expected host:port"))?;
         (host, port)
     } else {
-        let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected host:port"))?;
         if host.contains(':') {
             return Err(bad("IPv6 addresses go in brackets, like [::1]:2379"));
         }
@@ -241,7 +249,10 @@ pub(crate) fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String> {
     if host.is_empty() {
         return Err(bad("no host"));
     }
-    if host.chars().any(|c| c.is_whitespace() || c == '/' || c == '\0' || c == '@') {
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c == '/' || c == '\0' || c == '@')
+    {
         return Err(bad("invalid host"));
     }
     match port.parse::<u16>() {
@@ -331,8 +342,17 @@ mod tests {
             assert_eq!(normalize_endpoint(e, tls).unwrap(), want);
         }
         let bad = [
-            "", "http://", "host:notaport", "127.0.0.1:0", "127.0.0.1", "ftp://a:1", "::1:2379",
-            "[::1:2379", "a b:1", "127.0.0.1:65536", ":2379",
+            "",
+            "http://",
+            "host:notaport",
+            "127.0.0.1:0",
+            "127.0.0.1",
+            "ftp://a:1",
+            "::1:2379",
+            "[::1:2379",
+            "a b:1",
+            "127.0.0.1:65536",
+            ":2379",
         ];
         for e in bad {
             let err = normalize_endpoint(e, false).unwrap_err();
@@ -352,6 +372,9 @@ mod tests {
             cert: Some("/nonexistent/c.pem".into()),
             ..Default::default()
         };
-        assert_eq!(tls_options(&o).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            tls_options(&o).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
     }
 }

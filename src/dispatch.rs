@@ -57,7 +57,11 @@ impl Dispatcher {
             .name("etcd-sd-dispatch".into())
             .spawn(move || run(rx))
             .map_err(|e| {
-                Error::with_source(ErrorKind::Unavailable, "cannot start the dispatcher thread", e)
+                Error::with_source(
+                    ErrorKind::Unavailable,
+                    "cannot start the dispatcher thread",
+                    e,
+                )
             })?;
         Ok(Dispatcher {
             tx,

@@ -326,16 +326,26 @@ mod tests {
             (tonic::Code::Unauthenticated, "x", ErrorKind::Auth),
             (tonic::Code::PermissionDenied, "x", ErrorKind::Auth),
             (tonic::Code::DeadlineExceeded, "x", ErrorKind::Timeout),
-            (tonic::Code::Unavailable, "connection refused", ErrorKind::Unavailable),
+            (
+                tonic::Code::Unavailable,
+                "connection refused",
+                ErrorKind::Unavailable,
+            ),
             (
                 tonic::Code::InvalidArgument,
                 "etcdserver: authentication failed, invalid user ID or password",
                 ErrorKind::Auth,
             ),
-            (tonic::Code::NotFound, "etcdserver: requested lease not found", ErrorKind::Etcd),
+            (
+                tonic::Code::NotFound,
+                "etcdserver: requested lease not found",
+                ErrorKind::Etcd,
+            ),
         ];
         for (code, msg, kind) in cases {
-            let e = from_etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg)));
+            let e = from_etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(
+                code, msg,
+            )));
             assert_eq!(e.kind(), kind, "{code:?} {msg}");
         }
         let lease = from_etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(

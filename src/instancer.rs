@@ -130,7 +130,11 @@ impl Instancer {
             topic,
             stop,
         };
-        wait_reply(&ready_rx, core.request_timeout(), "first read of the prefix")?;
+        wait_reply(
+            &ready_rx,
+            core.request_timeout(),
+            "first read of the prefix",
+        )?;
         Ok(instancer)
     }
 
@@ -398,7 +402,10 @@ impl Task {
             let resp = match msg {
                 Ok(Some(resp)) => resp,
                 Ok(None) => {
-                    return WatchEnd::Broken(Error::new(ErrorKind::Unavailable, "watch stream closed"))
+                    return WatchEnd::Broken(Error::new(
+                        ErrorKind::Unavailable,
+                        "watch stream closed",
+                    ))
                 }
                 Err(e) => return WatchEnd::Broken(from_etcd(e).context("watch")),
             };
@@ -468,13 +475,20 @@ mod tests {
         assert!(v.put("/a".into(), "y"));
         assert!(v.put("/a".into(), "z"), "value replaced");
         assert_eq!(v.snapshot().to_vec(), ["z"]);
-        v.reset(vec![("/1".into(), "b".into()), ("/2".into(), "a".into()), ("/3".into(), "a".into())]);
+        v.reset(vec![
+            ("/1".into(), "b".into()),
+            ("/2".into(), "a".into()),
+            ("/3".into(), "a".into()),
+        ]);
         assert_eq!(v.snapshot().to_vec(), ["a", "b"]);
     }
 
     #[test]
     fn empty_prefix_is_invalid() {
-        assert_eq!(validate_prefix("").unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            validate_prefix("").unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
         assert!(validate_prefix("/").is_ok());
     }
 }

@@ -151,9 +151,18 @@ mod tests {
 
     #[test]
     fn event_sameness() {
-        let a = Event { instances: ["x"].into_iter().collect(), err: None };
-        let b = Event { instances: ["x"].into_iter().collect(), err: None };
-        let c = Event { instances: ["x"].into_iter().collect(), err: Some(crate::ErrorKind::Unavailable.into()) };
+        let a = Event {
+            instances: ["x"].into_iter().collect(),
+            err: None,
+        };
+        let b = Event {
+            instances: ["x"].into_iter().collect(),
+            err: None,
+        };
+        let c = Event {
+            instances: ["x"].into_iter().collect(),
+            err: Some(crate::ErrorKind::Unavailable.into()),
+        };
         assert!(a.same_as(&b));
         assert!(!a.same_as(&c));
     }

@@ -77,7 +77,7 @@ pub use error::{BoxError, Error, ErrorKind, Result};
 pub use instancer::{CallbackId, Instancer};
 pub use instances::{Event, Instances};
 pub use options::{ClientOptions, Service, TtlOption};
-pub use registrar::{RegistrationEvent, RegistrationState, Registrar};
+pub use registrar::{Registrar, RegistrationEvent, RegistrationState};
 
 #[cfg(test)]
 mod tests {

@@ -238,7 +238,11 @@ mod tests {
         ];
         for ((hb, ttl), (want_hb, want_ttl)) in cases {
             let t = TtlOption::new(ms(hb), ms(ttl));
-            assert_eq!((t.heartbeat(), t.ttl()), (ms(want_hb), ms(want_ttl)), "{hb} {ttl}");
+            assert_eq!(
+                (t.heartbeat(), t.ttl()),
+                (ms(want_hb), ms(want_ttl)),
+                "{hb} {ttl}"
+            );
         }
     }
 
@@ -261,8 +265,14 @@ mod tests {
     #[test]
     fn validate_order() {
         use crate::ErrorKind;
-        assert_eq!(Service::new("", "").validate().unwrap_err().kind(), ErrorKind::NoKey);
-        assert_eq!(Service::new("k", "").validate().unwrap_err().kind(), ErrorKind::NoValue);
+        assert_eq!(
+            Service::new("", "").validate().unwrap_err().kind(),
+            ErrorKind::NoKey
+        );
+        assert_eq!(
+            Service::new("k", "").validate().unwrap_err().kind(),
+            ErrorKind::NoValue
+        );
         assert!(Service::new("k", "v").validate().is_ok());
     }
 

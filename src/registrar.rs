@@ -258,7 +258,8 @@ impl Registrar {
         if r.is_err() {
             // The task finishes by itself (its revoke is bounded too); report
             // the state the caller asked for.
-            self.shared.set(RegistrationState::Deregistered, None, r.clone().err());
+            self.shared
+                .set(RegistrationState::Deregistered, None, r.clone().err());
         }
         r
     }
@@ -380,7 +381,13 @@ impl Task {
                 ctx.bounded("revoke lease", leases.revoke(id))
                     .await
                     .map(|_| ())
-                    .or_else(|e| if is_lease_not_found(&e) { Ok(()) } else { Err(e) })
+                    .or_else(|e| {
+                        if is_lease_not_found(&e) {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
             }
             None => Ok(()),
         };
@@ -408,8 +415,12 @@ async fn establish(
         let key = service.key.clone();
         let value = service.value.clone();
         async move {
-            kv.put(key, value, Some(etcd_client::PutOptions::new().with_lease(id)))
-                .await
+            kv.put(
+                key,
+                value,
+                Some(etcd_client::PutOptions::new().with_lease(id)),
+            )
+            .await
         }
     };
     if let Some(id) = lease {
@@ -441,7 +452,9 @@ async fn keep_alive(ctx: &Ctx, key: &str, lease: i64, ttl: TtlOption, revision: 
     let mut watched_rev = revision;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let open_bound = ctx.request_timeout.min(heartbeat.max(Duration::from_millis(500)));
+    let open_bound = ctx
+        .request_timeout
+        .min(heartbeat.max(Duration::from_millis(500)));
     // The key watch starts after the put's revision, so a delete right after
     // the put is seen; a broken watch is reopened at the next heartbeat.
     let open_watch = |from: i64| {

@@ -91,11 +91,17 @@ impl Core {
         let dispatcher = Dispatcher::start()?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (started_tx, started_rx) = cb::bounded::<Result<()>>(1);
-        let ctx_parts = (endpoints.clone(), connect, options.effective_request_timeout());
+        let ctx_parts = (
+            endpoints.clone(),
+            connect,
+            options.effective_request_timeout(),
+        );
         let handle = thread::Builder::new()
             .name("etcd-sd-runtime".into())
             .spawn(move || run_runtime(ctx_parts, dial_timeout, cmd_rx, started_tx))
-            .map_err(|e| Error::with_source(ErrorKind::Unavailable, "cannot start the runtime thread", e))?;
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Unavailable, "cannot start the runtime thread", e)
+            })?;
         let runtime_thread_id = handle.thread().id();
         let core = Core {
             commands: Some(cmd_tx),
@@ -148,7 +154,11 @@ impl Core {
 
 /// Waits for a task's answer: its own result, `Timeout` after `timeout`, or
 /// `Closed` when the task went away without answering (runtime gone).
-pub(crate) fn wait_reply<T>(rx: &cb::Receiver<Result<T>>, timeout: Duration, what: &str) -> Result<T> {
+pub(crate) fn wait_reply<T>(
+    rx: &cb::Receiver<Result<T>>,
+    timeout: Duration,
+    what: &str,
+) -> Result<T> {
     match rx.recv_timeout(timeout) {
         Ok(r) => r,
         Err(cb::RecvTimeoutError::Timeout) => Err(Error::timeout(what)),
@@ -224,7 +234,10 @@ fn run_runtime(
                 Command::DeleteKey { key, reply } => {
                     tokio::spawn(async move {
                         let mut kv = ctx.etcd.kv_client();
-                        let r = ctx.bounded("delete", kv.delete(key, None)).await.map(|_| ());
+                        let r = ctx
+                            .bounded("delete", kv.delete(key, None))
+                            .await
+                            .map(|_| ());
                         let _ = reply.send(r);
                     });
                 }
@@ -291,7 +304,9 @@ pub(crate) async fn read_prefix(ctx: &Ctx, prefix: &str) -> Result<(i64, Vec<(St
     let mut start = prefix.as_bytes().to_vec();
     let mut revision = 0;
     loop {
-        let mut opts = GetOptions::new().with_range(range_end.clone()).with_limit(PAGE);
+        let mut opts = GetOptions::new()
+            .with_range(range_end.clone())
+            .with_limit(PAGE);
         if revision > 0 {
             opts = opts.with_revision(revision);
         }

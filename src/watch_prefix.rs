@@ -18,7 +18,10 @@ pub(crate) struct Task {
 impl Task {
     /// Sends one notification; false once the receiver is gone.
     fn notify(&self) -> bool {
-        !matches!(self.tx.try_send(()), Err(cb::TrySendError::Disconnected(())))
+        !matches!(
+            self.tx.try_send(()),
+            Err(cb::TrySendError::Disconnected(()))
+        )
     }
 
     pub(crate) async fn run(self, ctx: crate::runtime::Ctx) {
@@ -31,7 +34,10 @@ impl Task {
                 opts = opts.with_start_revision(revision + 1);
             }
             let mut client = ctx.etcd.watch_client();
-            match ctx.bounded("watch", client.watch(self.prefix.clone(), Some(opts))).await {
+            match ctx
+                .bounded("watch", client.watch(self.prefix.clone(), Some(opts)))
+                .await
+            {
                 Ok(mut stream) => loop {
                     match stream.message().await {
                         Ok(Some(resp)) => {
