@@ -13,6 +13,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,10 @@ pub struct RegistrationEvent {
 /// State shared by the handle and the task.
 pub(crate) struct Shared {
     key: String,
+    /// Bumped each time `register` starts a task; a task whose epoch is not
+    /// the current one (an old task still finishing its revoke) reports
+    /// nothing.
+    epoch: AtomicU64,
     status: Mutex<Status>,
     changed: Condvar,
 }
@@ -75,6 +80,7 @@ impl Shared {
     fn new(key: String) -> Shared {
         Shared {
             key,
+            epoch: AtomicU64::new(0),
             status: Mutex::new(Status {
                 state: RegistrationState::Unregistered,
                 lease_id: None,
@@ -85,9 +91,19 @@ impl Shared {
         }
     }
 
-    /// Records a state; listeners hear of it when the state changed.
-    fn set(&self, state: RegistrationState, lease_id: Option<i64>, error: Option<Error>) {
+    /// Records a state; listeners hear of it when the state changed. `epoch`
+    /// is the reporting task's, or `None` from the handle.
+    fn set(
+        &self,
+        epoch: Option<u64>,
+        state: RegistrationState,
+        lease_id: Option<i64>,
+        error: Option<Error>,
+    ) {
         let mut st = self.status.lock();
+        if epoch.is_some_and(|e| e != self.epoch.load(Ordering::SeqCst)) {
+            return;
+        }
         let changed = st.state != state;
         st.state = state;
         st.lease_id = lease_id;
@@ -113,10 +129,28 @@ impl Shared {
         self.changed.notify_all();
     }
 
-    /// Records an error without a state change (a failed retry).
-    fn note_error(&self, error: Error) {
-        log::debug!(target: LOG, "{}: attempt failed: {error}", self.key);
-        self.status.lock().last_error = Some(error);
+    /// Records the error of a failed attempt. Listeners hear of it when its
+    /// kind differs from the last error's (say, etcd down, then permission
+    /// denied), not on every retry.
+    fn note_error(&self, epoch: u64, error: Error) {
+        let mut st = self.status.lock();
+        if epoch != self.epoch.load(Ordering::SeqCst) {
+            return;
+        }
+        let new_kind = st.last_error.as_ref().map(Error::kind) != Some(error.kind());
+        if new_kind {
+            log::warn!(target: LOG, "{}: {:?}: {error}; retrying", self.key, st.state);
+            let event = RegistrationEvent {
+                state: st.state,
+                lease_id: st.lease_id,
+                error: Some(error.clone()),
+            };
+            st.listeners.retain(|l| l.send(event.clone()).is_ok());
+        } else {
+            log::debug!(target: LOG, "{}: attempt failed again: {error}", self.key);
+        }
+        st.last_error = Some(error);
+        drop(st);
         self.changed.notify_all();
     }
 }
@@ -198,12 +232,15 @@ impl Registrar {
             let mut control = self.control.lock();
             if control.is_none() {
                 let (tx, rx) = mpsc::unbounded_channel();
-                self.shared.set(RegistrationState::Registering, None, None);
+                let epoch = self.shared.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                self.shared
+                    .set(None, RegistrationState::Registering, None, None);
                 self.shared.status.lock().last_error = None;
                 self.core.send(Command::Register(Task {
                     service: self.service.clone(),
                     shared: self.shared.clone(),
                     control: rx,
+                    epoch,
                 }))?;
                 *control = Some(tx);
             }
@@ -251,7 +288,8 @@ impl Registrar {
         };
         let (tx, rx) = cb::bounded(1);
         if control.send(Control::Deregister(tx)).is_err() {
-            self.shared.set(RegistrationState::Deregistered, None, None);
+            self.shared
+                .set(None, RegistrationState::Deregistered, None, None);
             return Err(Error::closed("client runtime"));
         }
         let r = wait_reply(&rx, self.core.request_timeout(), "deregister");
@@ -259,7 +297,7 @@ impl Registrar {
             // The task finishes by itself (its revoke is bounded too); report
             // the state the caller asked for.
             self.shared
-                .set(RegistrationState::Deregistered, None, r.clone().err());
+                .set(None, RegistrationState::Deregistered, None, r.clone().err());
         }
         r
     }
@@ -289,9 +327,18 @@ impl Registrar {
 }
 
 impl Drop for Registrar {
+    /// Deregisters. While registered this waits for the revoke, at most
+    /// `request_timeout`; otherwise (etcd unreachable, or still trying) it only
+    /// tells the task to stop, so dropping many registrars during an outage
+    /// does not take `request_timeout` each. Their keys then expire by ttl.
     fn drop(&mut self) {
-        if let Err(e) = self.deregister() {
-            log::warn!(target: LOG, "{}: deregister on drop failed: {e}", self.service.key);
+        if self.state() == RegistrationState::Registered {
+            if let Err(e) = self.deregister() {
+                log::warn!(target: LOG, "{}: deregister on drop failed: {e}", self.service.key);
+            }
+        } else if let Some(control) = self.control.lock().take() {
+            let (tx, _rx) = cb::bounded(1);
+            let _ = control.send(Control::Deregister(tx));
         }
         self.shared.status.lock().listeners.clear();
     }
@@ -302,6 +349,7 @@ pub(crate) struct Task {
     service: Service,
     shared: Arc<Shared>,
     control: mpsc::UnboundedReceiver<Control>,
+    epoch: u64,
 }
 
 /// Why the keep-alive phase ended.
@@ -328,12 +376,13 @@ impl Task {
                 Ok((id, revision)) => {
                     lease = Some(id);
                     backoff.reset();
-                    self.shared.set(RegistrationState::Registered, lease, None);
+                    self.shared
+                        .set(Some(self.epoch), RegistrationState::Registered, lease, None);
                     revision
                 }
                 Err((e, known_lease)) => {
                     lease = known_lease;
-                    self.shared.note_error(e);
+                    self.shared.note_error(self.epoch, e);
                     if !self.pause(&ctx, &mut backoff, lease).await {
                         return;
                     }
@@ -353,7 +402,8 @@ impl Task {
                 }
                 Loss::Key(e) => e,
             };
-            self.shared.set(RegistrationState::Lost, None, Some(error));
+            self.shared
+                .set(Some(self.epoch), RegistrationState::Lost, None, Some(error));
             if !self.pause(&ctx, &mut backoff, lease).await {
                 return;
             }
@@ -391,8 +441,12 @@ impl Task {
             }
             None => Ok(()),
         };
-        self.shared
-            .set(RegistrationState::Deregistered, None, result.clone().err());
+        self.shared.set(
+            Some(self.epoch),
+            RegistrationState::Deregistered,
+            None,
+            result.clone().err(),
+        );
         if let Some(Control::Deregister(reply)) = control {
             let _ = reply.send(result);
         }
