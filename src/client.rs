@@ -176,7 +176,7 @@ impl Client {
 
     /// Removes `service` (go-kit's `Deregister`); only the key is needed.
     /// A registration made by [`register`](Client::register) is stopped and
-    /// its lease revoked; any other key is deleted.
+    /// its lease revoked (which deletes the key); otherwise the key is deleted.
     ///
     /// # Errors
     /// `NoKey` for an empty key, before any network traffic; `Timeout` or
@@ -186,18 +186,22 @@ impl Client {
             return Err(Error::new(ErrorKind::NoKey, "service key is empty"));
         }
         let registrar = self.inner.registered.lock().remove(&service.key);
-        match registrar {
-            Some(r) => r.deregister(),
-            None => {
-                let core = &self.inner.core;
-                core.call("deregister", core.request_timeout(), |reply| {
-                    Command::DeleteKey {
-                        key: service.key.clone(),
-                        reply,
-                    }
-                })
+        if let Some(r) = registrar {
+            // Revoking the lease deletes the key. Without a lease (never
+            // registered successfully) fall through and delete it, as go-kit.
+            let had_lease = r.lease_id().is_some();
+            r.deregister()?;
+            if had_lease {
+                return Ok(());
             }
         }
+        let core = &self.inner.core;
+        core.call("deregister", core.request_timeout(), |reply| {
+            Command::DeleteKey {
+                key: service.key.clone(),
+                reply,
+            }
+        })
     }
 
     /// The lease of the last successful [`register`](Client::register) on
