@@ -7,7 +7,7 @@
 //! changes is a new [`Instances`] snapshot built and published to the topic;
 //! the dispatcher thread hands it to subscribers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use crossbeam_channel as cb;
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
+use crate::chunks::SortedChunks;
 use crate::client::Client;
 use crate::dispatch::Topic;
 use crate::error::{from_etcd, Error, ErrorKind, Result};
@@ -190,6 +191,13 @@ impl Instancer {
         self.topic.remove_callback(id.0);
     }
 
+    /// A weak handle on this instancer's subscribers, so that
+    /// `sd::Endpointer` can remove its callback later without holding the
+    /// Instancer (and without keeping it alive).
+    pub(crate) fn topic_weak(&self) -> std::sync::Weak<Topic> {
+        Arc::downgrade(&self.topic)
+    }
+
     /// The current state; after [`stop`](Instancer::stop), the last state with
     /// an error of kind `Closed`.
     pub fn current(&self) -> Event {
@@ -211,11 +219,14 @@ impl Drop for Instancer {
     }
 }
 
-/// The set of values under the prefix, kept up to date change by change.
+/// The set of values under the prefix, kept up to date change by change:
+/// key → value, value → number of keys holding it, and the visible set of
+/// distinct values (copy-on-write chunks, so a snapshot is O(1)).
 #[derive(Default)]
 struct View {
     by_key: HashMap<String, Arc<str>>,
-    counts: BTreeMap<Arc<str>, usize>,
+    counts: HashMap<Arc<str>, usize>,
+    set: SortedChunks,
 }
 
 impl View {
@@ -223,8 +234,23 @@ impl View {
         self.by_key.clear();
         self.counts.clear();
         for (k, v) in kvs {
-            self.put(k, &v);
+            let value: Arc<str> = match self.counts.get_key_value(v.as_str()) {
+                Some((shared, _)) => shared.clone(),
+                None => Arc::from(v),
+            };
+            *self.counts.entry(value.clone()).or_insert(0) += 1;
+            if let Some(old) = self.by_key.insert(k, value) {
+                if let Some(c) = self.counts.get_mut(&old) {
+                    *c -= 1;
+                    if *c == 0 {
+                        self.counts.remove(&old);
+                    }
+                }
+            }
         }
+        let mut values: Vec<Arc<str>> = self.counts.keys().cloned().collect();
+        values.sort_unstable();
+        self.set = SortedChunks::from_sorted(values);
     }
 
     /// Applies a put; true when the visible set changed.
@@ -242,9 +268,13 @@ impl View {
         if let Some(old) = self.by_key.insert(key, value.clone()) {
             changed |= self.dec(&old);
         }
-        let count = self.counts.entry(value).or_insert(0);
+        let count = self.counts.entry(value.clone()).or_insert(0);
         *count += 1;
-        changed | (*count == 1)
+        if *count == 1 {
+            self.set.insert(value);
+            changed = true;
+        }
+        changed
     }
 
     /// Applies a delete; true when the visible set changed.
@@ -263,6 +293,7 @@ impl View {
             }
             Some(_) => {
                 self.counts.remove(value);
+                self.set.remove(value);
                 true
             }
             None => false,
@@ -270,7 +301,7 @@ impl View {
     }
 
     fn snapshot(&self) -> Instances {
-        Instances::from_sorted(self.counts.keys().cloned().collect())
+        Instances::from_set(self.set.clone())
     }
 }
 

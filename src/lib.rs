@@ -59,6 +59,7 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 
 mod backoff;
+mod chunks;
 mod client;
 mod dispatch;
 mod error;
@@ -75,6 +76,7 @@ pub use crossbeam_channel as channel;
 pub use client::Client;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use instancer::{CallbackId, Instancer};
+pub use chunks::Iter;
 pub use instances::{Event, Instances};
 pub use options::{ClientOptions, Service, TtlOption};
 pub use registrar::{Registrar, RegistrationEvent, RegistrationState};
