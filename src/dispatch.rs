@@ -4,8 +4,9 @@
 //!
 //! Each Instancer owns a [`Topic`]: its current [`Event`], a generation number
 //! and its subscribers. The watcher replaces the event and bumps the
-//! generation ([`Topic::publish`]); the dispatcher then brings every subscriber
-//! up to that generation. Because every event is a full snapshot, a subscriber
+//! generation ([`Topic::publish`]), handing it straight to channel subscribers
+//! that have room (a `try_send`, no user code); the dispatcher then brings
+//! every other subscriber (callbacks, full channels) up to that generation. Because every event is a full snapshot, a subscriber
 //! that is behind only ever needs the latest one.
 //!
 //! Guarantees, each tested:
@@ -108,6 +109,48 @@ struct TopicState {
     subscribers: Vec<Subscriber>,
 }
 
+impl TopicState {
+    /// Gives every channel subscriber that is behind the current snapshot,
+    /// dropping those whose receiver is gone. Callback subscribers that are
+    /// behind are pushed to `callbacks` when given. Returns true when the
+    /// dispatcher has work: a channel was full, or (with `callbacks` absent) a
+    /// callback is behind.
+    fn send_to_channels(
+        &mut self,
+        mut callbacks: Option<&mut Vec<(SubscriberId, Arc<CallbackSlot>)>>,
+    ) -> bool {
+        let generation = self.generation;
+        let event = &self.current;
+        let mut more = false;
+        self.subscribers.retain_mut(|s| {
+            if s.delivered >= generation {
+                return true;
+            }
+            match &s.sink {
+                Sink::Channel(tx) => match tx.try_send(event.clone()) {
+                    Ok(()) => {
+                        s.delivered = generation;
+                        true
+                    }
+                    Err(cb::TrySendError::Full(_)) => {
+                        more = true;
+                        true
+                    }
+                    Err(cb::TrySendError::Disconnected(_)) => false,
+                },
+                Sink::Callback(slot) => {
+                    match callbacks.as_deref_mut() {
+                        Some(list) => list.push((s.id, slot.clone())),
+                        None => more = true,
+                    }
+                    true
+                }
+            }
+        });
+        more
+    }
+}
+
 struct Subscriber {
     id: SubscriberId,
     sink: Sink,
@@ -179,6 +222,12 @@ impl Topic {
             }
             st.current = event;
             st.generation += 1;
+            // Channels are served right here (a `try_send` runs no user
+            // code), saving a thread hop; the dispatcher is woken only for
+            // callbacks and for channels that were full.
+            if !st.send_to_channels(None) {
+                return true;
+            }
         }
         self.dispatcher.kick(self);
         true
@@ -323,38 +372,14 @@ impl Topic {
     /// Brings every subscriber up to the current generation. Returns true when
     /// some channel was full and needs another try later.
     fn deliver(&self) -> bool {
-        let mut retry = false;
-        let (event, generation, callbacks) = {
+        let (event, generation, callbacks, retry) = {
             let mut st = self.state.lock();
             if st.stopped || st.generation == 0 {
                 return false;
             }
-            let generation = st.generation;
-            let event = st.current.clone();
             let mut callbacks = Vec::new();
-            st.subscribers.retain_mut(|s| {
-                if s.delivered >= generation {
-                    return true;
-                }
-                match &s.sink {
-                    Sink::Channel(tx) => match tx.try_send(event.clone()) {
-                        Ok(()) => {
-                            s.delivered = generation;
-                            true
-                        }
-                        Err(cb::TrySendError::Full(_)) => {
-                            retry = true;
-                            true
-                        }
-                        Err(cb::TrySendError::Disconnected(_)) => false,
-                    },
-                    Sink::Callback(slot) => {
-                        callbacks.push((s.id, slot.clone()));
-                        true
-                    }
-                }
-            });
-            (event, generation, callbacks)
+            let retry = st.send_to_channels(Some(&mut callbacks));
+            (st.current.clone(), st.generation, callbacks, retry)
         };
         for (id, slot) in callbacks {
             let ok = slot.call(&event);
