@@ -9,8 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
-    // Used by the seeded balancer.
-    #[allow(dead_code)]
     pub(crate) fn new(seed: u64) -> SplitMix64 {
         SplitMix64(seed)
     }

@@ -302,22 +302,39 @@ fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
     })
 }
 
+/// Checks that a file holds a PEM block whose label ends with `label`
+/// (`CERTIFICATE`, or `PRIVATE KEY` for any key type). The contents are never
+/// put in the error.
+fn require_pem(pem: &[u8], path: &std::path::Path, label: &str) -> Result<()> {
+    let text = String::from_utf8_lossy(pem);
+    let found = text.lines().any(|l| {
+        l.strip_prefix("-----BEGIN ")
+            .and_then(|rest| rest.strip_suffix("-----"))
+            .is_some_and(|name| name.ends_with(label))
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Tls,
+            format!("{} holds no PEM {}", path.display(), label.to_lowercase()),
+        ))
+    }
+}
+
 fn tls_options(options: &ClientOptions) -> Result<etcd_client::TlsOptions> {
     let mut tls = etcd_client::TlsOptions::new();
     if let Some(ca) = &options.ca_cert {
         let pem = read_pem(ca, "CA certificate")?;
-        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-            return Err(Error::new(
-                ErrorKind::Tls,
-                format!("{} holds no PEM certificate", ca.display()),
-            ));
-        }
+        require_pem(&pem, ca, "CERTIFICATE")?;
         tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
     }
     match (&options.cert, &options.key) {
-        (Some(cert), Some(key)) => {
-            let cert = read_pem(cert, "client certificate")?;
-            let key = read_pem(key, "client key")?;
+        (Some(cert_path), Some(key_path)) => {
+            let cert = read_pem(cert_path, "client certificate")?;
+            let key = read_pem(key_path, "client key")?;
+            require_pem(&cert, cert_path, "CERTIFICATE")?;
+            require_pem(&key, key_path, "PRIVATE KEY")?;
             tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
         }
         (None, None) => {}
@@ -380,5 +397,23 @@ mod tests {
             tls_options(&o).unwrap_err().kind(),
             ErrorKind::InvalidArgument
         );
+        // Files that exist but hold no PEM of the right kind.
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a pem").unwrap();
+        let o = ClientOptions {
+            cert: Some(junk.clone()),
+            key: Some(junk.clone()),
+            ..Default::default()
+        };
+        assert_eq!(tls_options(&o).unwrap_err().kind(), ErrorKind::Tls);
+        let key = dir.path().join("key.pem");
+        std::fs::write(
+            &key,
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        assert!(require_pem(&std::fs::read(&key).unwrap(), &key, "PRIVATE KEY").is_ok());
+        assert!(require_pem(&std::fs::read(&key).unwrap(), &key, "CERTIFICATE").is_err());
     }
 }

@@ -15,9 +15,10 @@
 //!   snapshot once it has room again (retried on a short, growing tick);
 //! * no lock of the topic is held during a callback, so a callback may remove
 //!   itself, deregister a channel or stop its instancer;
-//! * once `remove` returns, the callback is not called again; a call already
-//!   running on another thread is waited for (a call from inside the callback
-//!   itself is not);
+//! * once `remove` (or `stop`) returns, the callback is not called again and
+//!   its closure has been dropped: a call running on the dispatcher is waited
+//!   for first. Removed from inside its own call, it is dropped when that call
+//!   returns;
 //! * a callback's closure is dropped exactly once, after its last call;
 //! * a panicking callback is caught, logged and removed.
 
@@ -115,10 +116,7 @@ impl TopicState {
     /// behind are pushed to `callbacks` when given. Returns true when the
     /// dispatcher has work: a channel was full, or (with `callbacks` absent) a
     /// callback is behind.
-    fn send_to_channels(
-        &mut self,
-        mut callbacks: Option<&mut Vec<(SubscriberId, Arc<CallbackSlot>)>>,
-    ) -> bool {
+    fn send_to_channels(&mut self, mut callbacks: Option<&mut Vec<SubscriberId>>) -> bool {
         let generation = self.generation;
         let event = &self.current;
         let mut more = false;
@@ -138,9 +136,9 @@ impl TopicState {
                     }
                     Err(cb::TrySendError::Disconnected(_)) => false,
                 },
-                Sink::Callback(slot) => {
+                Sink::Callback(_) => {
                     match callbacks.as_deref_mut() {
-                        Some(list) => list.push((s.id, slot.clone())),
+                        Some(list) => list.push(s.id),
                         None => more = true,
                     }
                     true
@@ -332,8 +330,8 @@ impl Topic {
         };
         match removed {
             Some(sub) => {
-                if let Sink::Callback(slot) = &sub.sink {
-                    slot.mark_removed();
+                if let Sink::Callback(slot) = sub.sink {
+                    self.release(slot);
                 }
                 true
             }
@@ -361,12 +359,13 @@ impl Topic {
             }
             std::mem::take(&mut st.subscribers)
         };
-        for s in &subscribers {
-            if let Sink::Callback(slot) = &s.sink {
-                slot.mark_removed();
+        let n = subscribers.len();
+        for s in subscribers {
+            if let Sink::Callback(slot) = s.sink {
+                self.release(slot);
             }
         }
-        log::debug!(target: "etcd_sd::dispatch", "{}: stopped, {} subscribers released", self.name, subscribers.len());
+        log::debug!(target: "etcd_sd::dispatch", "{}: stopped, {n} subscribers released", self.name);
     }
 
     /// Brings every subscriber up to the current generation. Returns true when
@@ -381,8 +380,24 @@ impl Topic {
             let retry = st.send_to_channels(Some(&mut callbacks));
             (st.current.clone(), st.generation, callbacks, retry)
         };
-        for (id, slot) in callbacks {
+        for id in callbacks {
+            // Take the slot out of the list afresh for each call, so the
+            // dispatcher holds at most one slot at a time: one removed
+            // meanwhile is not called, and `release` can wait for this one.
+            let slot = {
+                let st = self.state.lock();
+                st.subscribers.iter().find_map(|s| match &s.sink {
+                    Sink::Callback(slot) if s.id == id && s.delivered < generation => {
+                        Some(slot.clone())
+                    }
+                    _ => None,
+                })
+            };
+            let Some(slot) = slot else { continue };
             let ok = slot.call(&event);
+            // `slot` may be the last reference: the closure is dropped here,
+            // after its last call, with no lock held.
+            drop(slot);
             if ok {
                 let mut st = self.state.lock();
                 if let Some(s) = st.subscribers.iter_mut().find(|s| s.id == id) {
@@ -392,10 +407,26 @@ impl Topic {
                 log::error!(target: "etcd_sd::dispatch", "{}: a subscriber callback panicked; it is removed", self.name);
                 self.remove_callback(id);
             }
-            // `slot` may be the last reference: the closure is dropped here,
-            // after its last call, with no lock held.
         }
         retry
+    }
+
+    /// Releases a removed callback: no call starts after this; a call running
+    /// on the dispatcher is waited for, and then the closure is dropped here,
+    /// before this returns. Called from inside the callback itself (on the
+    /// dispatcher), the closure is dropped when that call returns.
+    fn release(&self, slot: Arc<CallbackSlot>) {
+        slot.mark_removed();
+        if thread::current().id() == self.dispatcher.thread_id {
+            return;
+        }
+        // The dispatcher drops its clone right after the call it was in; the
+        // bound only guards against the impossible.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&slot) > 1 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_micros(50));
+        }
+        drop(slot);
     }
 }
 

@@ -178,15 +178,19 @@ impl Instancer {
     /// [`deregister`](Instancer::deregister) or [`stop`](Instancer::stop) on
     /// this instancer. A slow `f` delays other callbacks of the same client,
     /// never the watch. If `f` panics, the panic is caught and logged and `f`
-    /// is removed. On a stopped instancer `f` is dropped without being called.
+    /// is removed. On a stopped instancer `f` is dropped without being called
+    /// and the id returned is inert (its number is 0).
     pub fn on_update<F: Fn(&Event) + Send + 'static>(&self, f: F) -> CallbackId {
         CallbackId(self.topic.add_callback(Box::new(f)).unwrap_or(0))
     }
 
-    /// Removes a callback. Once this returns, it is not called again: a call
-    /// running on the dispatcher is waited for, unless this is called from
-    /// inside that very call. Its closure is dropped after its last call.
-    /// Unknown ids are ignored.
+    /// Removes a callback. Once this returns, it is not called again and its
+    /// closure has been dropped: a call running on the dispatcher is waited for
+    /// first. Called from inside that very call, it returns at once and the
+    /// closure is dropped when the call returns. Unknown ids are ignored.
+    ///
+    /// Do not call it while holding a lock that the callback takes: it waits
+    /// for a running call.
     pub fn remove_callback(&self, id: CallbackId) {
         self.topic.remove_callback(id.0);
     }
@@ -205,11 +209,18 @@ impl Instancer {
     }
 
     /// Stops watching: cancels the etcd watch, disconnects subscribers (after
-    /// the events they already hold) and removes callbacks. Calling it twice is
-    /// fine; it never blocks on etcd.
+    /// the events they already hold) and removes callbacks, as
+    /// [`remove_callback`](Instancer::remove_callback) does (so it waits for a
+    /// callback that is running on the dispatcher). Calling it twice is fine;
+    /// it never blocks on etcd.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
         self.topic.stop();
+    }
+
+    /// True once [`stop`](Instancer::stop) was called.
+    pub fn is_stopped(&self) -> bool {
+        self.topic.is_stopped()
     }
 }
 

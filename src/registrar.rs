@@ -5,10 +5,10 @@
 //! task on the runtime thread (see [`Task::run`]):
 //!
 //! ```text
-//! Unregistered ─register()─▶ Registering ─key written─▶ Registered
-//!                                 ▲                        │ lease expired/revoked,
-//!                                 │ (backoff)              ▼ key deleted
-//!                                 └──────────────────────  Lost
+//! Unregistered ─register()─▶ Registering ─key written─▶ Registered ◀──┐
+//!                                                          │           │ key written
+//!                                 lease expired/revoked,   ▼           │ again (backoff)
+//!                                 key deleted ──────────▶ Lost ────────┘
 //! any state ─deregister()/drop─▶ Deregistered (lease revoked, key gone)
 //! ```
 

@@ -772,3 +772,53 @@ fn a_broken_watch_resumes_and_a_compacted_one_reads_again() {
     etcd.del(&format!("{p}e"));
     recv_instances(&rx, secs(10), &["d:1", "f:1"]);
 }
+
+/// Sets a flag when dropped: tells when a callback's closure is gone.
+struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn remove_and_stop_wait_for_a_running_call_and_drop_the_closure_before_returning() {
+    let etcd = EtcdServer::start();
+    let client = connect(&etcd);
+    let prefix = unique_prefix("release");
+    let inst = Instancer::new(&client, &prefix).expect("instancer");
+    for use_stop in [false, true] {
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started_rx) = channel::bounded(1);
+        let flag = DropFlag(dropped.clone());
+        let counter = calls.clone();
+        let id = inst.on_update(move |_| {
+            let _keep = &flag;
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = started_tx.try_send(());
+            // A slow callback: removal must wait for it.
+            std::thread::sleep(ms(300));
+        });
+        started_rx.recv_timeout(secs(10)).expect("first call");
+        let t0 = Instant::now();
+        if use_stop {
+            inst.stop();
+        } else {
+            inst.remove_callback(id);
+        }
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "closure still alive after {} returned (stop: {use_stop})",
+            if use_stop { "stop" } else { "remove_callback" }
+        );
+        assert!(t0.elapsed() < secs(5), "removal took {:?}", t0.elapsed());
+        let n = calls.load(Ordering::SeqCst);
+        if !use_stop {
+            etcd.put(&format!("{prefix}a"), "after-removal");
+        }
+        std::thread::sleep(ms(300));
+        assert_eq!(calls.load(Ordering::SeqCst), n, "called after removal");
+    }
+}

@@ -154,23 +154,71 @@ pub struct EtcdServer {
     peer_port: u16,
     child: Option<Child>,
     paused: bool,
+    config: EtcdConfig,
+    /// `user:password` that etcdctl logs in with (once auth is enabled).
+    ctl_user: Option<String>,
+    /// `--initial-cluster` when this server is a member of an [`EtcdCluster`].
+    initial_cluster: Option<String>,
+    /// `--initial-cluster-token` of the cluster.
+    cluster_token: Option<String>,
+}
+
+/// How to start an [`EtcdServer`] beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdConfig {
+    /// Extra command-line arguments, e.g. `--auth-token-ttl=2`.
+    pub extra_args: Vec<String>,
+    /// Serve clients over TLS (peers stay on plain http).
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS material for an etcd server's client URL.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// Server certificate (PEM), with 127.0.0.1 among its SANs.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA that signed `cert`: etcdctl verifies the server with it, and etcd
+    /// trusts client certificates it signed (with `client_cert_auth`).
+    pub ca: PathBuf,
+    /// `--client-cert-auth`: require a client certificate signed by `ca`.
+    pub client_cert_auth: bool,
+    /// Client certificate and key etcdctl presents (needed with
+    /// `client_cert_auth`).
+    pub ctl_cert: Option<PathBuf>,
+    pub ctl_key: Option<PathBuf>,
 }
 
 impl EtcdServer {
     /// Starts etcd on fresh ports and waits (bounded) until it answers.
     pub fn start() -> EtcdServer {
+        EtcdServer::start_with(EtcdConfig::default())
+    }
+
+    /// A server that is not started yet, with its own temporary directory.
+    fn unstarted(config: EtcdConfig) -> EtcdServer {
         let dir = tempfile::Builder::new()
             .prefix("etcd-sd-it-")
             .tempdir()
             .expect("create temp dir");
-        let mut server = EtcdServer {
+        EtcdServer {
             dir,
             name: format!("it{}", UNIQUE.fetch_add(1, Ordering::Relaxed)),
             client_port: 0,
             peer_port: 0,
             child: None,
             paused: false,
-        };
+            config,
+            ctl_user: None,
+            initial_cluster: None,
+            cluster_token: None,
+        }
+    }
+
+    /// Like [`start`](EtcdServer::start), with extra arguments and/or TLS.
+    pub fn start_with(config: EtcdConfig) -> EtcdServer {
+        let mut server = EtcdServer::unstarted(config);
         // A port that looked free may be taken by the time etcd binds it; then
         // etcd exits at once and we try again with new ports.
         let mut last_err = String::new();
@@ -212,7 +260,12 @@ impl EtcdServer {
     }
 
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -242,11 +295,29 @@ impl EtcdServer {
             .arg("--initial-advertise-peer-urls")
             .arg(self.peer_url())
             .arg("--initial-cluster")
-            .arg(format!("{}={}", self.name, self.peer_url()))
+            .arg(
+                self.initial_cluster
+                    .clone()
+                    .unwrap_or_else(|| format!("{}={}", self.name, self.peer_url())),
+            )
             .arg("--initial-cluster-state")
             .arg("new")
             .arg("--initial-cluster-token")
-            .arg(&self.name)
+            .arg(self.cluster_token.as_deref().unwrap_or(&self.name));
+        if let Some(tls) = &self.config.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+            // etcd requires client certificates as soon as it has a trusted
+            // CA file, so the file goes with --client-cert-auth only.
+            if tls.client_cert_auth {
+                cmd.arg("--trusted-ca-file")
+                    .arg(&tls.ca)
+                    .arg("--client-cert-auth");
+            }
+        }
+        cmd.args(&self.config.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
@@ -293,9 +364,25 @@ impl EtcdServer {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// `http://127.0.0.1:PORT` of the client URL.
+    /// `http://127.0.0.1:PORT` of the client URL (`https://` with TLS).
     pub fn endpoint_url(&self) -> String {
         self.client_url()
+    }
+
+    /// The client port.
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    /// Makes etcdctl log in as `user:password` (after `auth enable`), or not.
+    pub fn set_etcdctl_user(&mut self, user: Option<&str>) {
+        self.ctl_user = user.map(str::to_string);
+    }
+
+    /// Directory of this server's files (data dir and log), for test files
+    /// such as certificates.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Process id of the running etcd, if any.
@@ -370,9 +457,24 @@ impl EtcdServer {
     fn etcdctl_command(&self, args: &[&str], command_timeout: &str) -> Command {
         let mut cmd = Command::new(etcdctl_bin());
         clean_env(&mut cmd);
-        cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
-            .arg("--dial-timeout=2s")
+        cmd.env("ETCDCTL_API", "3");
+        match &self.config.tls {
+            None => {
+                cmd.arg(format!("--endpoints={}", self.endpoint()));
+            }
+            Some(tls) => {
+                cmd.arg(format!("--endpoints={}", self.client_url()))
+                    .arg(format!("--cacert={}", tls.ca.display()));
+                if let (Some(c), Some(k)) = (&tls.ctl_cert, &tls.ctl_key) {
+                    cmd.arg(format!("--cert={}", c.display()))
+                        .arg(format!("--key={}", k.display()));
+                }
+            }
+        }
+        if let Some(user) = &self.ctl_user {
+            cmd.arg(format!("--user={user}"));
+        }
+        cmd.arg("--dial-timeout=2s")
             .arg(format!("--command-timeout={command_timeout}"))
             .args(args)
             .stdin(Stdio::null());
@@ -568,6 +670,46 @@ impl EtcdServer {
     }
 }
 
+impl EtcdServer {
+    /// (key, lease) of every key under `prefix`, in key order, from one
+    /// etcdctl call (keys must be plain printable strings).
+    pub fn get_prefix_leases(&self, prefix: &str) -> Vec<(String, i64)> {
+        let out = self.etcdctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            "-w",
+            "fields",
+            "--",
+            prefix,
+        ]);
+        let mut pairs = Vec::new();
+        let mut key: Option<String> = None;
+        for line in out.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("\"Key\" : ") {
+                key = Some(rest.trim_matches('"').to_string());
+            } else if let Some(rest) = line.strip_prefix("\"Lease\" : ") {
+                if let Some(k) = key.take() {
+                    pairs.push((k, rest.trim().parse().unwrap_or(0)));
+                }
+            }
+        }
+        pairs
+    }
+
+    /// `(member_id, leader_id)` as this member reports them, or `None` when it
+    /// does not answer.
+    pub fn member_and_leader(&self) -> Option<(u64, u64)> {
+        let out = self
+            .try_etcdctl_timeout(&["endpoint", "status", "-w", "json"], "2s")
+            .ok()?;
+        let member = json_u64(&out, "member_id")?;
+        let leader = json_u64(&out, "leader")?;
+        Some((member, leader))
+    }
+}
+
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         if std::thread::panicking() && self.child.is_some() {
@@ -601,9 +743,232 @@ fn json_i64(out: &str, name: &str) -> Option<i64> {
     rest[..end].parse().ok()
 }
 
+/// Parses `"name":123` (an unsigned 64-bit number) from JSON output.
+fn json_u64(out: &str, name: &str) -> Option<u64> {
+    let needle = format!("\"{name}\":");
+    let start = out.find(&needle)? + needle.len();
+    let rest = &out[start..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// A cluster of etcd members on 127.0.0.1, each an [`EtcdServer`] with its
+/// own ports and data directory, listed in each other's `--initial-cluster`.
+/// Dropping it kills every member.
+pub struct EtcdCluster {
+    members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members on fresh ports and waits (bounded) until every one
+    /// serves a read (which needs an elected leader).
+    pub fn start(n: usize) -> EtcdCluster {
+        assert!(n >= 1);
+        let mut last_err = String::new();
+        for _attempt in 0..3 {
+            let token = format!("itc{}", UNIQUE.fetch_add(1, Ordering::Relaxed));
+            let mut members: Vec<EtcdServer> = (0..n)
+                .map(|i| {
+                    let mut m = EtcdServer::unstarted(EtcdConfig::default());
+                    m.name = format!("{token}-m{i}");
+                    m.client_port = free_port();
+                    m.peer_port = free_port();
+                    m.cluster_token = Some(token.clone());
+                    m
+                })
+                .collect();
+            let initial = members
+                .iter()
+                .map(|m| format!("{}={}", m.name, m.peer_url()))
+                .collect::<Vec<_>>()
+                .join(",");
+            for m in &mut members {
+                m.initial_cluster = Some(initial.clone());
+                m.spawn();
+            }
+            let mut ok = true;
+            for m in &mut members {
+                if let Err(e) = m.wait_ready(START_TIMEOUT) {
+                    last_err = format!("{}: {e}\n--- log tail ---\n{}", m.name, m.log_tail());
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                return EtcdCluster { members };
+            }
+            for m in &mut members {
+                m.kill();
+            }
+        }
+        panic!("etcd cluster did not start: {last_err}");
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// `127.0.0.1:PORT` of every member, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint()).collect()
+    }
+
+    /// Member `i`.
+    pub fn member(&self, i: usize) -> &EtcdServer {
+        &self.members[i]
+    }
+
+    /// Whether member `i` runs.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].is_running()
+    }
+
+    /// SIGKILL member `i` (its data stays).
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Starts member `i` again with its data and waits until it serves a read.
+    pub fn restart(&mut self, i: usize) {
+        self.members[i].restart();
+    }
+
+    /// The first running member, for etcdctl work (linearizable through any
+    /// member while the cluster has a quorum).
+    pub fn any_live(&self) -> &EtcdServer {
+        self.members
+            .iter()
+            .find(|m| m.is_running())
+            .expect("no member running")
+    }
+
+    /// Runs etcdctl against the running members, retrying (bounded by
+    /// `timeout`) while they fail, e.g. during a leader election.
+    pub fn etcdctl_retry(&self, args: &[&str], timeout: Duration) -> String {
+        let mut last = String::new();
+        let mut out = None;
+        wait_until(timeout, || {
+            for m in self.members.iter().filter(|m| m.is_running()) {
+                match m.try_etcdctl_timeout(args, "3s") {
+                    Ok(o) => {
+                        out = Some(o);
+                        return true;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            false
+        });
+        out.unwrap_or_else(|| {
+            panic!("etcdctl {args:?} failed on every member for {timeout:?}: {last}")
+        })
+    }
+
+    /// Puts `key` = `value` through a running member, retrying (bounded)
+    /// while the cluster has no leader.
+    pub fn put(&self, key: &str, value: &str) {
+        self.etcdctl_retry(&["put", "--", key, value], Duration::from_secs(20));
+    }
+
+    /// Index of the member whose client port is `port`.
+    pub fn index_of_port(&self, port: u16) -> Option<usize> {
+        self.members.iter().position(|m| m.client_port == port)
+    }
+
+    /// Index of the current leader among the running members, waiting
+    /// (bounded by `timeout`) until the running members agree on one.
+    pub fn leader_index(&self, timeout: Duration) -> Option<usize> {
+        let mut found = None;
+        wait_until(timeout, || {
+            let mut ids = Vec::new();
+            let mut leaders = Vec::new();
+            for (i, m) in self.members.iter().enumerate() {
+                if !m.is_running() {
+                    continue;
+                }
+                if let Some((id, leader)) = m.member_and_leader() {
+                    ids.push((i, id));
+                    leaders.push(leader);
+                }
+            }
+            let Some(&leader) = leaders.first() else {
+                return false;
+            };
+            if leader == 0 || leaders.iter().any(|l| *l != leader) {
+                return false;
+            }
+            found = ids.iter().find(|(_, id)| *id == leader).map(|(i, _)| *i);
+            found.is_some()
+        });
+        found
+    }
+}
+
+/// Remote ports of this process's ESTABLISHED TCP connections to 127.0.0.1
+/// (from /proc/self/fd and /proc/self/net/tcp), e.g. to see which etcd
+/// members a client is connected to.
+pub fn established_remote_ports() -> Vec<u16> {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for e in dir.flatten() {
+            if let Ok(target) = std::fs::read_link(e.path()) {
+                let t = target.to_string_lossy();
+                if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    inodes.insert(n.to_string());
+                }
+            }
+        }
+    }
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap_or_default();
+    let mut ports = Vec::new();
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 {
+            continue;
+        }
+        // f[2] = remote "0100007F:PORT", f[3] = state (01 = ESTABLISHED), f[9] = inode.
+        if f[3] != "01" || !inodes.contains(f[9]) {
+            continue;
+        }
+        if let Some((ip, port)) = f[2].split_once(':') {
+            if ip == "0100007F" {
+                if let Ok(p) = u16::from_str_radix(port, 16) {
+                    ports.push(p);
+                }
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports
+}
+
+/// Resident set size of this process in KiB (VmRSS of /proc/self/status).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A TCP proxy on 127.0.0.1 in front of an etcd, to cut the link between a
 /// client and etcd while etcd itself (and etcdctl, which talks to etcd
 /// directly) goes on working.
+///
+/// Two faults: [`cut`](FaultProxy::cut) breaks every connection at once (the
+/// peers see a reset or end of stream), and [`blackhole`](FaultProxy::blackhole)
+/// keeps every socket open but stops moving bytes, like a network that drops
+/// packets: nothing tells either side that the link is dead. New connections
+/// during a blackhole are accepted and parked. [`restore`](FaultProxy::restore)
+/// ends either: after a blackhole the held bytes flow again (on connections
+/// the peers have not given up on) and parked connections are forwarded.
 pub struct FaultProxy {
     port: u16,
     shared: Arc<ProxyShared>,
@@ -613,10 +978,15 @@ pub struct FaultProxy {
 struct ProxyShared {
     target: SocketAddr,
     cut: AtomicBool,
+    blackhole: AtomicBool,
     stop: AtomicBool,
     /// Clones of every live socket (both sides), to shut them down on `cut`.
     conns: Mutex<Vec<TcpStream>>,
+    /// Client sockets accepted during a blackhole, not yet forwarded.
+    parked: Mutex<Vec<TcpStream>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Connections accepted and forwarded so far.
+    accepted: AtomicUsize,
 }
 
 /// The acceptor and pumps give up after this long whatever happens.
@@ -644,9 +1014,12 @@ impl FaultProxy {
         let shared = Arc::new(ProxyShared {
             target,
             cut: AtomicBool::new(false),
+            blackhole: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
+            parked: Mutex::new(Vec::new()),
             workers: Mutex::new(Vec::new()),
+            accepted: AtomicUsize::new(0),
         });
         let sh = shared.clone();
         let acceptor = std::thread::Builder::new()
@@ -672,11 +1045,36 @@ impl FaultProxy {
         for c in conns {
             let _ = c.shutdown(Shutdown::Both);
         }
+        let parked = std::mem::take(&mut *self.shared.parked.lock().unwrap());
+        for c in parked {
+            let _ = c.shutdown(Shutdown::Both);
+        }
     }
 
-    /// Forwards new connections again.
+    /// A half-open link: every socket stays open, but no byte moves in either
+    /// direction, and new connections are accepted but not forwarded.
+    pub fn blackhole(&self) {
+        self.shared.blackhole.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the proxy currently blackholes.
+    pub fn is_blackholed(&self) -> bool {
+        self.shared.blackhole.load(Ordering::SeqCst)
+    }
+
+    /// Forwards again, after `cut` or `blackhole`.
     pub fn restore(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
+        self.shared.blackhole.store(false, Ordering::SeqCst);
+        let parked = std::mem::take(&mut *self.shared.parked.lock().unwrap());
+        for client in parked {
+            forward(client, &self.shared);
+        }
+    }
+
+    /// Connections forwarded so far (a client reconnecting shows up here).
+    pub fn connections(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
     }
 }
 
@@ -704,28 +1102,11 @@ fn accept_loop(listener: TcpListener, sh: Arc<ProxyShared>) {
                     continue;
                 }
                 let _ = client.set_nonblocking(false);
-                let Ok(upstream) = TcpStream::connect_timeout(&sh.target, Duration::from_secs(2))
-                else {
+                if sh.blackhole.load(Ordering::SeqCst) {
+                    sh.parked.lock().unwrap().push(client);
                     continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = upstream.set_nodelay(true);
-                let (Ok(c2), Ok(u2), Ok(c3), Ok(u3)) = (
-                    client.try_clone(),
-                    upstream.try_clone(),
-                    client.try_clone(),
-                    upstream.try_clone(),
-                ) else {
-                    continue;
-                };
-                {
-                    let mut conns = sh.conns.lock().unwrap();
-                    conns.push(c3);
-                    conns.push(u3);
                 }
-                let mut workers = sh.workers.lock().unwrap();
-                workers.push(pump(client, upstream));
-                workers.push(pump(u2, c2));
+                forward(client, &sh);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(10));
@@ -735,12 +1116,66 @@ fn accept_loop(listener: TcpListener, sh: Arc<ProxyShared>) {
     }
 }
 
-/// Copies `from` to `to` until either side ends, then shuts both down.
-fn pump(mut from: TcpStream, mut to: TcpStream) -> JoinHandle<()> {
+/// Connects `client` to the target and starts the two pumps.
+fn forward(client: TcpStream, sh: &Arc<ProxyShared>) {
+    let Ok(upstream) = TcpStream::connect_timeout(&sh.target, Duration::from_secs(2)) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let (Ok(c2), Ok(u2), Ok(c3), Ok(u3)) = (
+        client.try_clone(),
+        upstream.try_clone(),
+        client.try_clone(),
+        upstream.try_clone(),
+    ) else {
+        return;
+    };
+    sh.accepted.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut conns = sh.conns.lock().unwrap();
+        conns.push(c3);
+        conns.push(u3);
+    }
+    let mut workers = sh.workers.lock().unwrap();
+    workers.push(pump(client, upstream, sh.clone()));
+    workers.push(pump(u2, c2, sh.clone()));
+}
+
+/// Copies `from` to `to` until either side ends, then shuts both down. While
+/// the proxy blackholes it neither reads nor writes (the bytes wait in the
+/// kernel's buffers), and goes on after `restore`.
+fn pump(mut from: TcpStream, mut to: TcpStream, sh: Arc<ProxyShared>) -> JoinHandle<()> {
+    use std::io::Write;
     std::thread::Builder::new()
         .name("it-proxy-pump".into())
         .spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
+            let started = Instant::now();
+            let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+            let mut buf = vec![0u8; 64 * 1024];
+            while !sh.stop.load(Ordering::SeqCst) && started.elapsed() < PROXY_MAX_LIFETIME {
+                if sh.blackhole.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
             let _ = from.shutdown(Shutdown::Both);
             let _ = to.shutdown(Shutdown::Both);
         })

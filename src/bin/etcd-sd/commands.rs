@@ -1,0 +1,252 @@
+//! The subcommands, each a plain function over the library's blocking API.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etcd_sd::channel::{self, select, Receiver};
+use etcd_sd::lb::{Balancer, Random, RoundRobin};
+use etcd_sd::sd::{Endpointer, EndpointerOptions};
+use etcd_sd::{
+    Client, ClientOptions, ErrorKind, Instancer, Registrar, RegistrationEvent, RegistrationState,
+    Service, TtlOption,
+};
+
+use crate::args::Connection;
+use crate::output;
+use crate::Failure;
+
+/// Connects, after checking the flags that the library cannot explain as
+/// well (which TLS file is unreadable, a password without a user).
+fn connect(c: &Connection) -> Result<Client, Failure> {
+    for (flag, path) in [
+        ("--cacert", &c.tls_ca_cert),
+        ("--cert", &c.tls_cert),
+        ("--key", &c.tls_key),
+    ] {
+        if let Some(path) = path {
+            let problem = match std::fs::read(path) {
+                Err(e) => Some(e.to_string()),
+                Ok(pem) if !pem.windows(11).any(|w| w == b"-----BEGIN ") => {
+                    Some("not a PEM file".to_string())
+                }
+                Ok(_) => None,
+            };
+            if let Some(problem) = problem {
+                return Err(Failure::new(
+                    Failure::TLS_OR_AUTH,
+                    format!("cannot use {flag} {}: {problem}", path.display()),
+                ));
+            }
+        }
+    }
+    let (username, password) = match (&c.user, &c.password) {
+        (Some(user), None) if user.contains(':') => {
+            let (u, p) = user.split_once(':').unwrap_or_default();
+            (Some(u.to_string()), Some(p.to_string()))
+        }
+        (None, Some(_)) => {
+            return Err(Failure::new(Failure::USAGE, "--password needs --user"));
+        }
+        (u, p) => (u.clone(), p.clone()),
+    };
+    let options = ClientOptions {
+        cert: c.tls_cert.clone(),
+        key: c.tls_key.clone(),
+        ca_cert: c.tls_ca_cert.clone(),
+        dial_timeout: c.dial_timeout,
+        dial_keep_alive: Duration::ZERO,
+        request_timeout: c.request_timeout,
+        username,
+        password,
+    };
+    Client::connect(&c.endpoints, options).map_err(|e| {
+        let f = Failure::from_error(&format!("cannot connect to {}", c.endpoints.join(",")), &e);
+        if f.code == Failure::UNREACHABLE {
+            Failure::new(
+                f.code,
+                format!(
+                    "{} (is etcd running? see --endpoints, --dial-timeout)",
+                    f.message
+                ),
+            )
+        } else {
+            f
+        }
+    })
+}
+
+/// Sends one message per Ctrl-C / SIGTERM / SIGHUP; a second one exits at once.
+fn interrupts() -> Result<Receiver<()>, Failure> {
+    let (tx, rx) = channel::bounded(1);
+    let mut seen = false;
+    ctrlc::set_handler(move || {
+        if seen {
+            eprintln!("etcd-sd: interrupted again, exiting now");
+            std::process::exit(130);
+        }
+        seen = true;
+        let _ = tx.try_send(());
+    })
+    .map_err(|e| Failure::new(Failure::OTHER, format!("cannot handle Ctrl-C: {e}")))?;
+    Ok(rx)
+}
+
+/// `register KEY VALUE`: stays registered until interrupted.
+pub fn register(
+    c: &Connection,
+    key: &str,
+    value: &str,
+    ttl: Duration,
+    heartbeat: Duration,
+) -> Result<(), Failure> {
+    let ttl = TtlOption::new(heartbeat, ttl);
+    let service = Service::new(key, value).with_ttl(ttl);
+    // Before connecting: an empty key or value is a usage error.
+    if key.is_empty() {
+        return Err(Failure::new(Failure::USAGE, "the key is empty"));
+    }
+    if value.is_empty() {
+        return Err(Failure::new(Failure::USAGE, "the value is empty"));
+    }
+    let client = connect(c)?;
+    let stop = interrupts()?;
+    let registrar = Registrar::new(&client, service);
+    let events = registrar.events();
+    println!(
+        "{}  registering {key} = {value} (heartbeat {:?}, ttl {:?}); Ctrl-C to deregister",
+        output::now(),
+        ttl.heartbeat(),
+        ttl.ttl()
+    );
+    if let Err(e) = registrar.register() {
+        match e.kind() {
+            ErrorKind::Unavailable | ErrorKind::Timeout => {
+                eprintln!("etcd-sd: not registered yet ({e}); still trying");
+            }
+            _ => return Err(Failure::from_error(&format!("cannot register {key}"), &e)),
+        }
+    }
+    loop {
+        select! {
+            recv(events) -> ev => match ev {
+                Ok(ev) => print_state(&ev),
+                Err(_) => break,
+            },
+            recv(stop) -> _ => break,
+        }
+    }
+    let result = registrar.deregister();
+    let mut printed = false;
+    for ev in events.try_iter() {
+        printed |= ev.state == RegistrationState::Deregistered;
+        print_state(&ev);
+    }
+    match result {
+        Ok(()) => {
+            if !printed {
+                println!("{}  {:<13} {key}", output::now(), "Deregistered");
+            }
+            Ok(())
+        }
+        Err(e) => Err(Failure::from_error(
+            &format!(
+                "deregister {key} (the key expires by itself after {:?})",
+                ttl.ttl()
+            ),
+            &e,
+        )),
+    }
+}
+
+fn print_state(ev: &RegistrationEvent) {
+    let lease = ev
+        .lease_id
+        .map(|id| format!("lease {id:x}"))
+        .unwrap_or_default();
+    let error = ev
+        .error
+        .as_ref()
+        .map(|e| format!("  ({e})"))
+        .unwrap_or_default();
+    let line = format!(
+        "{}  {:<13} {lease}{error}",
+        output::now(),
+        format!("{:?}", ev.state)
+    );
+    println!("{}", line.trim_end());
+}
+
+/// `watch PREFIX`: every event until interrupted.
+pub fn watch(c: &Connection, prefix: &str, json: bool) -> Result<(), Failure> {
+    let client = connect(c)?;
+    let stop = interrupts()?;
+    let instancer = Instancer::new(&client, prefix)
+        .map_err(|e| Failure::from_error(&format!("cannot watch {prefix}"), &e))?;
+    let updates = instancer.subscribe();
+    loop {
+        select! {
+            recv(updates) -> ev => match ev {
+                Ok(ev) => println!("{}", output::event_line(&output::now(), &ev, json)),
+                Err(_) => break,
+            },
+            recv(stop) -> _ => break,
+        }
+    }
+    instancer.stop();
+    Ok(())
+}
+
+/// `list PREFIX`: the values, in key order.
+pub fn list(c: &Connection, prefix: &str, json: bool) -> Result<(), Failure> {
+    let client = connect(c)?;
+    let values = client
+        .get_entries(prefix)
+        .map_err(|e| Failure::from_error(&format!("cannot list {prefix}"), &e))?;
+    if json {
+        println!("{}", output::json_array(values.iter().map(String::as_str)));
+    } else {
+        for v in &values {
+            println!("{v}");
+        }
+    }
+    Ok(())
+}
+
+/// `pick PREFIX`: `n` picks of a round-robin or random balancer.
+pub fn pick(
+    c: &Connection,
+    prefix: &str,
+    n: u64,
+    random: bool,
+    seed: Option<u64>,
+) -> Result<(), Failure> {
+    let client = connect(c)?;
+    let instancer = Instancer::new(&client, prefix)
+        .map_err(|e| Failure::from_error(&format!("cannot read {prefix}"), &e))?;
+    let endpointer = Endpointer::new(
+        &instancer,
+        |instance: &str| Ok((instance.to_string(), None)),
+        EndpointerOptions::default(),
+    );
+    let balancer: Box<dyn Balancer<String>> = if random {
+        let seed = seed.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        });
+        Box::new(Random::new(endpointer, seed))
+    } else {
+        Box::new(RoundRobin::new(endpointer))
+    };
+    for _ in 0..n {
+        let instance = balancer.endpoint().map_err(|e| {
+            if e.kind() == ErrorKind::NoEndpoints {
+                Failure::new(Failure::NO_INSTANCES, format!("no instance under {prefix}"))
+            } else {
+                Failure::from_error("pick", &e)
+            }
+        })?;
+        println!("{instance}");
+    }
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! `etcd_sd_instancer` and its two kinds of delivery: callbacks and polled
+//! subscriptions (`etcd_sd_subscription`).
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::event::EventHandle;
+use super::{
+    as_const_ptr, etcd_sd_client, etcd_sd_event, etcd_sd_status, fail, ffi_boundary, free_box,
+    set_last_error, to_boxed_mut_ptr, try_out, try_ref, try_str, Context, ETCD_SD_ERR_CLOSED,
+    ETCD_SD_ERR_TIMEOUT, ETCD_SD_NODATA, ETCD_SD_OK,
+};
+use parking_lot::Mutex;
+
+use crate::channel::{RecvTimeoutError, TryRecvError};
+use crate::{CallbackId, Error, ErrorKind, Event, Instancer};
+
+/// What an `etcd_sd_instancer` points at.
+#[derive(Debug)]
+pub(crate) struct InstancerHandle {
+    /// Shared only for the length of an `etcd_sd_instancer_on_update` call,
+    /// so that a callback freeing the instancer from the dispatcher thread
+    /// cannot pull it from under that call; the handle's `Drop` stops it
+    /// either way.
+    pub(crate) inner: Arc<Instancer>,
+    /// Set by stop (and free); shared with the balancers made from it, so
+    /// that they report `ETCD_SD_ERR_CLOSED` as soon as stop returns.
+    pub(crate) stopped: Arc<AtomicBool>,
+    /// The callbacks added from C, by the number C was given: the Rust API
+    /// hands ids out as numbers (`CallbackId::as_u64`) but has no way back.
+    /// Shared so that `etcd_sd_instancer_on_update` can record the id
+    /// without touching the handle after the callback may have run (and freed
+    /// it).
+    ids: Arc<Mutex<HashMap<u64, CallbackId>>>,
+}
+
+impl InstancerHandle {
+    pub(crate) fn new(inner: Instancer) -> InstancerHandle {
+        InstancerHandle {
+            inner: Arc::new(inner),
+            stopped: Arc::new(AtomicBool::new(false)),
+            ids: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Removes the callback C knows as `id`; unknown ids are ignored.
+    pub(crate) fn remove_callback(&self, id: u64) {
+        let removed = self.ids.lock().remove(&id);
+        if let Some(id) = removed {
+            self.inner.remove_callback(id);
+        }
+    }
+
+    /// True once `etcd_sd_instancer_stop` ran, or the instancer reports itself
+    /// closed.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+            || matches!(&self.inner.current().err, Some(e) if e.kind() == ErrorKind::Closed)
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.inner.stop();
+        self.ids.lock().clear();
+    }
+
+    /// `ETCD_SD_ERR_CLOSED` (with the last error set) when stopped.
+    pub(crate) fn check_open(&self) -> Result<(), etcd_sd_status> {
+        if self.is_stopped() {
+            Err(fail(&Error::new(ErrorKind::Closed, "instancer is stopped")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for InstancerHandle {
+    /// Freeing stops the instancer even while an `on_update` call on another
+    /// thread still holds a reference to it.
+    fn drop(&mut self) {
+        self.inner.stop();
+    }
+}
+
+/// Watches a prefix and keeps its subscribers up to date with the set of
+/// values under it (go-kit's `Instancer`).
+///
+/// Thread-safe: every function taking an instancer may be called from several
+/// threads at once, and from inside its own callbacks (including
+/// `etcd_sd_instancer_remove_callback` and `etcd_sd_instancer_stop`). It holds
+/// its own reference to the client.
+pub struct etcd_sd_instancer {
+    _private: [u8; 0],
+}
+
+/// A polled stream of events from one instancer (`etcd_sd_instancer_subscribe`).
+///
+/// Thread-safe: several threads may receive from it at once (each event goes
+/// to one of them). It stays valid after its instancer is stopped or freed:
+/// the events already delivered can still be received, then receiving
+/// returns `ETCD_SD_ERR_CLOSED`.
+pub struct etcd_sd_subscription {
+    _private: [u8; 0],
+}
+
+/// A callback for discovery updates: called with an event lent for the
+/// duration of the call, and the `context` given to
+/// `etcd_sd_instancer_on_update`.
+pub type etcd_sd_event_fn =
+    Option<unsafe extern "C" fn(ev: *const etcd_sd_event, context: *mut c_void)>;
+
+/// Releases a callback's `context`; called exactly once.
+pub type etcd_sd_drop_fn = Option<unsafe extern "C" fn(context: *mut c_void)>;
+
+/// Calls `drop(context)` when dropped: the C half of a callback's lifetime.
+struct DropGuard {
+    drop: etcd_sd_drop_fn,
+    context: Context,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some(drop) = self.drop {
+            // SAFETY: C gave us this function for this context, to be called
+            // once: this is the only place that calls it, and `Drop` runs once.
+            unsafe { drop(self.context.get()) }
+        }
+    }
+}
+
+/// A C callback as a Rust closure: `call` per event, `drop` when the closure
+/// is dropped (the core drops it exactly once, after its last call).
+struct CCallback {
+    call: unsafe extern "C" fn(*const etcd_sd_event, *mut c_void),
+    guard: DropGuard,
+}
+
+impl CCallback {
+    fn call(&self, event: &Event) {
+        let lent = EventHandle::lent(event.clone());
+        // SAFETY: C gave us `call` for this context; the event outlives the call.
+        unsafe {
+            (self.call)(
+                as_const_ptr::<etcd_sd_event>(&lent),
+                self.guard.context.get(),
+            )
+        }
+    }
+}
+
+/// Reads the instances under `prefix` and starts watching it. End the prefix
+/// with `/`: it is used as given, so `/services/foo` also matches
+/// `/services/foo2/...`.
+///
+/// Blocks until the first read is done, at most `request_timeout_ms`. On
+/// success `*out` is a new instancer to free with `etcd_sd_instancer_free`;
+/// on failure NULL.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for a NULL argument, a
+/// non-UTF-8 or empty prefix; `ETCD_SD_ERR_TIMEOUT`,
+/// `ETCD_SD_ERR_UNAVAILABLE`, `ETCD_SD_ERR_AUTH`, `ETCD_SD_ERR_ETCD` when the
+/// first read failed; `ETCD_SD_ERR_CLOSED` when the client's runtime is gone.
+#[no_mangle]
+pub extern "C" fn etcd_sd_instancer_new(
+    c: *const etcd_sd_client,
+    prefix: *const c_char,
+    out: *mut *mut etcd_sd_instancer,
+) -> etcd_sd_status {
+    ffi_boundary! {
+        let out = try_out!(out);
+        let client = try_ref!(c);
+        let prefix = try_str!(prefix);
+        match Instancer::new(client, prefix) {
+            Ok(i) => {
+                *out = to_boxed_mut_ptr::<etcd_sd_instancer>(InstancerHandle::new(i));
+                ETCD_SD_OK
+            }
+            Err(e) => fail(&e),
+        }
+    }
+}
+
+/// Stops watching: cancels the etcd watch, removes every callback (each
+/// `drop` runs after its last call) and ends every subscription (after the
+/// events it already holds). Never blocks on etcd; calling it twice is fine.
+/// Afterwards every call on the instancer returns `ETCD_SD_ERR_CLOSED`. Does
+/// nothing for NULL (but sets the last error).
+///
+/// A call running on another thread is waited for; called from inside a
+/// callback, it returns at once and that callback's `drop` runs when the call
+/// returns.
+#[no_mangle]
+pub extern "C" fn etcd_sd_instancer_stop(i: *mut etcd_sd_instancer) {
+    ffi_boundary! {
+        let i = try_ref!(i);
+        i.stop();
+    }
+}
+
+/// Stops the instancer (as `etcd_sd_instancer_stop`) and frees it. NULL is
+/// fine; never free the same instancer twice, nor use it afterwards; this
+/// includes its callbacks, which may free it from inside a call as their last
+/// use of it. Subscriptions and balancers made from it stay valid.
+#[no_mangle]
+pub extern "C" fn etcd_sd_instancer_free(i: *mut etcd_sd_instancer) {
+    ffi_boundary! { free_box(i) }
+}
+
+/// Adds a callback: `call(event, context)` runs with the current state, then
+/// with every change, on the client's dispatcher thread (`etcd-sd-dispatch`),
+/// in order, never two calls of one callback at once. A slow callback delays
+/// the other callbacks of the same client, never the watch.
+///
+/// `drop(context)` (if `drop` is not NULL) runs exactly once, after the last
+/// `call` has returned: when the callback is removed, when the instancer is
+/// stopped or freed, and also when this function fails (whatever the
+/// status), so `context` is always released. It runs on the thread that
+/// removed the callback, or on the dispatcher thread if a call was under way.
+///
+/// The first call may run before this function returns. A call may remove
+/// its callback, or stop or free the instancer (as its last use of it), even
+/// then.
+///
+/// On success `*out_id` is the callback's id for
+/// `etcd_sd_instancer_remove_callback` (never 0); on failure 0.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for NULL `i`, `call`
+/// or `out_id`; `ETCD_SD_ERR_CLOSED` on a stopped instancer.
+#[no_mangle]
+pub extern "C" fn etcd_sd_instancer_on_update(
+    i: *mut etcd_sd_instancer,
+    call: etcd_sd_event_fn,
+    drop: etcd_sd_drop_fn,
+    context: *mut c_void,
+    out_id: *mut u64,
+) -> etcd_sd_status {
+    // Made first, so that every early return (and a panic) releases `context`.
+    let guard = DropGuard {
+        drop,
+        context: Context(context),
+    };
+    ffi_boundary! {
+        let out_id = try_out!(out_id, 0);
+        let i = try_ref!(i);
+        let Some(call) = call else {
+            return super::invalid_null("call");
+        };
+        if let Err(status) = i.check_open() {
+            return status;
+        }
+        let callback = CCallback { call, guard };
+        // The callback may run on the dispatcher before `on_update` returns
+        // and free the handle as its last use of it: from here on only these
+        // clones are touched, never `i`.
+        let (inner, ids) = (i.inner.clone(), i.ids.clone());
+        let id = inner.on_update(move |event: &Event| callback.call(event));
+        if id.as_u64() == 0 {
+            // Stopped meanwhile: the closure, and so `context`, is already dropped.
+            return fail(&Error::new(ErrorKind::Closed, "instancer is stopped"));
+        }
+        ids.lock().insert(id.as_u64(), id);
+        *out_id = id.as_u64();
+        ETCD_SD_OK
+    }
+}
+
+/// Removes a callback. Once this returns it is not called again: a call
+/// running on another thread is waited for, unless this is called from
+/// inside that very call. Its `drop` runs after its last call. An unknown or
+/// already removed id is ignored.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for NULL;
+/// `ETCD_SD_ERR_CLOSED` on a stopped instancer (whose callbacks are already
+/// removed).
+#[no_mangle]
+pub extern "C" fn etcd_sd_instancer_remove_callback(
+    i: *mut etcd_sd_instancer,
+    id: u64,
+) -> etcd_sd_status {
+    ffi_boundary! {
+        let i = try_ref!(i);
+        if let Err(status) = i.check_open() {
+            return status;
+        }
+        i.remove_callback(id);
+        ETCD_SD_OK
+    }
+}
+
+/// Subscribes for polled delivery. The subscription holds the current state
+/// at once, then every change; it holds up to 16 events, after which updates
+/// wait, coalesced into the latest, until you receive. On success `*out` is a
+/// new subscription to free with `etcd_sd_subscription_free`; on failure
+/// NULL.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for NULL;
+/// `ETCD_SD_ERR_CLOSED` on a stopped instancer.
+#[no_mangle]
+pub extern "C" fn etcd_sd_instancer_subscribe(
+    i: *mut etcd_sd_instancer,
+    out: *mut *mut etcd_sd_subscription,
+) -> etcd_sd_status {
+    ffi_boundary! {
+        let out = try_out!(out);
+        let i = try_ref!(i);
+        if let Err(status) = i.check_open() {
+            return status;
+        }
+        *out = to_boxed_mut_ptr::<etcd_sd_subscription>(i.inner.subscribe());
+        ETCD_SD_OK
+    }
+}
+
+/// The deadline `timeout_ms` from now; `None` (no deadline) for `u64::MAX` or
+/// one too far away to represent.
+pub(crate) fn deadline_after(timeout_ms: u64) -> Option<Instant> {
+    if timeout_ms == u64::MAX {
+        return None;
+    }
+    Instant::now().checked_add(Duration::from_millis(timeout_ms))
+}
+
+/// Receives the next event, waiting at most `timeout_ms` milliseconds
+/// (`UINT64_MAX`: no limit; 0: only what is already waiting). An event
+/// already waiting is returned even when the timeout is 0. On success `*out`
+/// is a new event to free with `etcd_sd_event_free`; on failure NULL.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_TIMEOUT` when nothing came in time;
+/// `ETCD_SD_ERR_CLOSED` once the instancer is stopped or freed and every
+/// event delivered before has been received; `ETCD_SD_ERR_INVALID_ARGUMENT`
+/// for NULL.
+#[no_mangle]
+pub extern "C" fn etcd_sd_subscription_recv(
+    s: *mut etcd_sd_subscription,
+    timeout_ms: u64,
+    out: *mut *mut etcd_sd_event,
+) -> etcd_sd_status {
+    ffi_boundary! {
+        let out = try_out!(out);
+        let s = try_ref!(s);
+        let received = match deadline_after(timeout_ms) {
+            Some(deadline) => s.recv_deadline(deadline),
+            None => s.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match received {
+            Ok(event) => {
+                *out = to_boxed_mut_ptr::<etcd_sd_event>(EventHandle::owned(event));
+                ETCD_SD_OK
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                set_last_error(format_args!("timed out: no event within {timeout_ms} ms"));
+                ETCD_SD_ERR_TIMEOUT
+            }
+            Err(RecvTimeoutError::Disconnected) => subscription_closed(),
+        }
+    }
+}
+
+/// Receives the event waiting, if any, without blocking. On success `*out` is
+/// a new event to free with `etcd_sd_event_free`; otherwise NULL.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_NODATA` when nothing is waiting;
+/// `ETCD_SD_ERR_CLOSED` once the instancer is stopped or freed and every
+/// event delivered before has been received; `ETCD_SD_ERR_INVALID_ARGUMENT`
+/// for NULL.
+#[no_mangle]
+pub extern "C" fn etcd_sd_subscription_try_recv(
+    s: *mut etcd_sd_subscription,
+    out: *mut *mut etcd_sd_event,
+) -> etcd_sd_status {
+    ffi_boundary! {
+        let out = try_out!(out);
+        let s = try_ref!(s);
+        match s.try_recv() {
+            Ok(event) => {
+                *out = to_boxed_mut_ptr::<etcd_sd_event>(EventHandle::owned(event));
+                ETCD_SD_OK
+            }
+            Err(TryRecvError::Empty) => {
+                set_last_error("no event waiting");
+                ETCD_SD_NODATA
+            }
+            Err(TryRecvError::Disconnected) => subscription_closed(),
+        }
+    }
+}
+
+fn subscription_closed() -> etcd_sd_status {
+    set_last_error("closed: the instancer was stopped and every event was received");
+    ETCD_SD_ERR_CLOSED
+}
+
+/// Frees a subscription (the instancer stops delivering to it). NULL is fine;
+/// never free the same subscription twice, nor while another thread is
+/// receiving from it.
+#[no_mangle]
+pub extern "C" fn etcd_sd_subscription_free(s: *mut etcd_sd_subscription) {
+    ffi_boundary! { free_box(s) }
+}

@@ -1,0 +1,133 @@
+//! `etcd_sd_registrar`: keeps one service registered.
+
+use std::ffi::c_char;
+use std::time::Duration;
+
+use super::{
+    etcd_sd_client, etcd_sd_status, fail, ffi_boundary, free_box, status_of, to_boxed_mut_ptr,
+    try_out, try_ref, try_str, ETCD_SD_OK,
+};
+use crate::{Error, ErrorKind, Registrar, Service, TtlOption};
+
+/// Keeps one service registered under its own lease (go-kit's `Registrar`).
+///
+/// Thread-safe: register, deregister and lease_id may be called from several
+/// threads at once. It holds its own reference to the client.
+pub struct etcd_sd_registrar {
+    _private: [u8; 0],
+}
+
+/// The service for a key, a value and C's heartbeat/ttl pair (0, 0 = the
+/// default 3 s heartbeat and 10 s ttl), checked as go-kit checks it.
+pub(crate) fn service_from_c(
+    key: &str,
+    value: &str,
+    heartbeat_ms: u64,
+    ttl_ms: u64,
+) -> crate::Result<Service> {
+    if key.is_empty() {
+        return Err(Error::new(ErrorKind::NoKey, "service key is empty"));
+    }
+    if value.is_empty() {
+        return Err(Error::new(ErrorKind::NoValue, "service value is empty"));
+    }
+    let service = Service::new(key, value);
+    Ok(if heartbeat_ms == 0 && ttl_ms == 0 {
+        service
+    } else {
+        service.with_ttl(TtlOption::new(
+            Duration::from_millis(heartbeat_ms),
+            Duration::from_millis(ttl_ms),
+        ))
+    })
+}
+
+/// Makes a registrar for the service `key` = `value` on client `c`. Nothing is
+/// sent to etcd until `etcd_sd_registrar_register`.
+///
+/// `heartbeat_ms` and `ttl_ms` are go-kit's `TTLOption`: 0 and 0 mean a 3 s
+/// heartbeat and a 10 s ttl; otherwise a zero heartbeat means 3 s, one under
+/// 500 ms is raised to 500 ms, and a ttl not greater than the heartbeat
+/// becomes 3 × heartbeat. On success `*out` is a new registrar to free with
+/// `etcd_sd_registrar_free`; on failure NULL.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_NO_KEY` for an empty key, then
+/// `ETCD_SD_ERR_NO_VALUE` for an empty value (checked here, before any
+/// network traffic, rather than at register time);
+/// `ETCD_SD_ERR_INVALID_ARGUMENT` for a NULL argument or non-UTF-8 string.
+#[no_mangle]
+pub extern "C" fn etcd_sd_registrar_new(
+    c: *const etcd_sd_client,
+    key: *const c_char,
+    value: *const c_char,
+    heartbeat_ms: u64,
+    ttl_ms: u64,
+    out: *mut *mut etcd_sd_registrar,
+) -> etcd_sd_status {
+    ffi_boundary! {
+        let out = try_out!(out);
+        let client = try_ref!(c);
+        let key = try_str!(key);
+        let value = try_str!(value);
+        match service_from_c(key, value, heartbeat_ms, ttl_ms) {
+            Ok(service) => {
+                *out = to_boxed_mut_ptr::<etcd_sd_registrar>(Registrar::new(client, service));
+                ETCD_SD_OK
+            }
+            Err(e) => fail(&e),
+        }
+    }
+}
+
+/// Registers the service and keeps it registered.
+///
+/// Blocks until the key is written, at most `request_timeout_ms`. Whether it
+/// succeeds or not, the registrar stays active: it retries with backoff and
+/// keeps the key alive, re-registering after every loss, until
+/// `etcd_sd_registrar_deregister` or `etcd_sd_registrar_free`. Calling it
+/// while registered returns `ETCD_SD_OK` at once.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for NULL;
+/// `ETCD_SD_ERR_TIMEOUT`, `ETCD_SD_ERR_UNAVAILABLE`, `ETCD_SD_ERR_AUTH`,
+/// `ETCD_SD_ERR_ETCD` when the key could not be written in time (retries go
+/// on); `ETCD_SD_ERR_CLOSED` when deregistered by another thread meanwhile.
+#[no_mangle]
+pub extern "C" fn etcd_sd_registrar_register(r: *mut etcd_sd_registrar) -> etcd_sd_status {
+    ffi_boundary! {
+        let r = try_ref!(r);
+        status_of(r.register())
+    }
+}
+
+/// Deregisters: revokes the lease (the key goes at once) and stops keeping it
+/// alive. Calling it twice, or before registering, is fine. The registrar may
+/// be registered again afterwards.
+///
+/// Returns within `request_timeout_ms`: `ETCD_SD_OK`;
+/// `ETCD_SD_ERR_INVALID_ARGUMENT` for NULL; `ETCD_SD_ERR_TIMEOUT` or
+/// `ETCD_SD_ERR_UNAVAILABLE` with etcd unreachable (the registration is
+/// stopped anyway and the key expires after its ttl).
+#[no_mangle]
+pub extern "C" fn etcd_sd_registrar_deregister(r: *mut etcd_sd_registrar) -> etcd_sd_status {
+    ffi_boundary! {
+        let r = try_ref!(r);
+        status_of(r.deregister())
+    }
+}
+
+/// The etcd lease currently holding the key, 0 if none (not registered, or
+/// NULL).
+#[no_mangle]
+pub extern "C" fn etcd_sd_registrar_lease_id(r: *const etcd_sd_registrar) -> i64 {
+    ffi_boundary! {
+        let r = try_ref!(r);
+        r.lease_id().unwrap_or(0)
+    }
+}
+
+/// Deregisters (blocking at most `request_timeout_ms`) and frees the
+/// registrar. NULL is fine; never free the same registrar twice.
+#[no_mangle]
+pub extern "C" fn etcd_sd_registrar_free(r: *mut etcd_sd_registrar) {
+    ffi_boundary! { free_box(r) }
+}

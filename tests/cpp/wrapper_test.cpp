@@ -1,0 +1,327 @@
+// Tests of the C++ wrapper (bindings/cpp/etcd_sd.hpp) against a real etcd.
+// Environment as tests/c/api_test.c: ETCD_SD_TEST_ENDPOINT, ETCD_SD_TEST_PREFIX.
+#include "etcd_sd.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+int g_failed = 0;
+std::string g_endpoint;
+std::string g_prefix;
+
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      g_failed++;                                                            \
+      return;                                                                \
+    }                                                                        \
+  } while (0)
+
+// Runs `f`, which must throw etcd_sd::Error with `status`.
+#define CHECK_THROWS(expr, want)                                             \
+  do {                                                                       \
+    bool thrown_ = false;                                                    \
+    try {                                                                    \
+      (void)(expr);                                                          \
+    } catch (const etcd_sd::Error &e_) {                                     \
+      thrown_ = true;                                                        \
+      if (e_.status() != (want)) {                                           \
+        std::fprintf(stderr, "%s:%d: %s threw status %d (%s), want %d\n", __FILE__, \
+                     __LINE__, #expr, (int)e_.status(), e_.what(), (int)(want)); \
+        g_failed++;                                                          \
+        return;                                                              \
+      }                                                                      \
+    }                                                                        \
+    if (!thrown_) {                                                          \
+      std::fprintf(stderr, "%s:%d: %s did not throw\n", __FILE__, __LINE__, #expr); \
+      g_failed++;                                                            \
+      return;                                                                \
+    }                                                                        \
+  } while (0)
+
+template <class F>
+bool wait_until(F f, std::chrono::milliseconds timeout = 10s) {
+  for (auto waited = 0ms; waited < timeout; waited += 5ms) {
+    if (f()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return f();
+}
+
+std::string prefix(const char *name) { return g_prefix + name + "/"; }
+
+etcd_sd::Client connect() { return etcd_sd::Client({g_endpoint}); }
+
+static_assert(!std::is_copy_constructible_v<etcd_sd::Client>, "move-only");
+static_assert(std::is_nothrow_move_constructible_v<etcd_sd::Client>, "movable");
+static_assert(!std::is_copy_constructible_v<etcd_sd::Registrar>, "move-only");
+static_assert(!std::is_copy_constructible_v<etcd_sd::Instancer>, "move-only");
+static_assert(!std::is_copy_constructible_v<etcd_sd::Subscription>, "move-only");
+static_assert(!std::is_copy_constructible_v<etcd_sd::Balancer>, "move-only");
+static_assert(!std::is_copy_constructible_v<etcd_sd::Event>, "move-only");
+static_assert(std::is_base_of_v<std::runtime_error, etcd_sd::Error>, "an exception");
+
+void test_errors() {
+  CHECK(etcd_sd::version() == ETCD_SD_VERSION);
+  CHECK_THROWS(etcd_sd::Client(std::vector<std::string>{}), ETCD_SD_ERR_INVALID_ARGUMENT);
+  try {
+    etcd_sd::Client c({"http://"});
+    CHECK(false);
+  } catch (const etcd_sd::Error &e) {
+    CHECK(e.status() == ETCD_SD_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(e.what()).find("http://") != std::string::npos);
+  }
+  etcd_sd::ClientOptions o;
+  o.dial_timeout = 300ms;
+  try {
+    etcd_sd::Client c({"127.0.0.1:1"}, o);
+    CHECK(false);
+  } catch (const etcd_sd::Error &e) {
+    CHECK(e.status() == ETCD_SD_ERR_UNAVAILABLE || e.status() == ETCD_SD_ERR_TIMEOUT);
+    CHECK(std::strlen(e.what()) > 0);
+  }
+  etcd_sd::Client c = connect();
+  CHECK_THROWS(etcd_sd::Registrar(c, "", "v"), ETCD_SD_ERR_NO_KEY);
+  CHECK_THROWS(etcd_sd::Registrar(c, "/k", ""), ETCD_SD_ERR_NO_VALUE);
+  CHECK_THROWS(etcd_sd::Instancer(c, ""), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS(c.get_entries(""), ETCD_SD_ERR_INVALID_ARGUMENT);
+}
+
+void test_raii_registrar_and_moves() {
+  etcd_sd::Client c = connect();
+  std::string p = prefix("raii");
+  {
+    etcd_sd::Registrar r(c, p + "a", "value-a", 1s, 5s);
+    r.register_service();
+    CHECK(r.lease_id() != 0);
+    CHECK(c.get_entries(p) == std::vector<std::string>{"value-a"});
+    etcd_sd::Registrar moved(std::move(r));  // the moved-from one frees nothing
+    CHECK(moved.lease_id() != 0);
+    CHECK(r.get() == nullptr);
+    etcd_sd::Registrar other(c, p + "b", "value-b");
+    other.register_service();
+    CHECK(c.get_entries(p).size() == 2);
+    other = std::move(moved);  // frees (deregisters) "b", takes "a"
+    CHECK(c.get_entries(p) == std::vector<std::string>{"value-a"});
+    other.deregister_service();
+    other.deregister_service();
+    CHECK(c.get_entries(p).empty());
+    other.register_service();
+  }  // destructor deregisters
+  CHECK(c.get_entries(p).empty());
+  etcd_sd::Client c2 = std::move(c);
+  CHECK(c2.get_entries(p).empty());
+}
+
+void test_callbacks() {
+  etcd_sd::Client c = connect();
+  std::string p = prefix("callbacks");
+  etcd_sd::Instancer inst(c, p);
+  std::mutex mu;
+  std::vector<std::vector<std::string>> seen;
+  auto token = std::make_shared<int>(7);  // released with the callback
+  std::atomic<int> thrown{0}, handled{0}, bad{0};
+  auto id = inst.on_update(
+      [&, token](const etcd_sd::Event &ev) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (ev.status() != ETCD_SD_OK || ev.error()) bad++;
+        seen.push_back(ev.instances());
+        if (seen.size() == 1) {
+          thrown++;
+          throw std::runtime_error("thrown inside a callback");  // must not crash
+        }
+      },
+      [&](std::exception_ptr) { handled++; });
+  CHECK(id != 0);
+  CHECK(token.use_count() == 2);
+  CHECK(wait_until([&] { return thrown.load() == 1; }));
+  etcd_sd::Registrar r(c, p + "x", "x");
+  r.register_service();
+  CHECK(wait_until([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return seen.size() >= 2 && seen.back() == std::vector<std::string>{"x"};
+  }));
+  CHECK(handled.load() == 1);
+  CHECK(bad.load() == 0);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    CHECK(seen.front().empty());
+  }
+  inst.remove_callback(id);
+  CHECK(wait_until([&] { return token.use_count() == 1; }));  // the std::function is gone
+
+  // A callback that throws something that is not a std::exception, without
+  // an error handler; and one released by the instancer's destructor.
+  auto token2 = std::make_shared<int>(8);
+  {
+    etcd_sd::Instancer inst2(c, p);
+    std::atomic<int> calls{0};
+    inst2.on_update([&calls, token2](const etcd_sd::Event &ev) {
+      calls++;
+      for (std::string_view s : ev) (void)s;
+      throw 42;
+    });
+    CHECK(wait_until([&] { return calls.load() >= 1; }));
+    CHECK(token2.use_count() == 2);
+  }
+  CHECK(wait_until([&] { return token2.use_count() == 1; }));
+
+  inst.stop();
+  CHECK_THROWS(inst.on_update([](const etcd_sd::Event &) {}), ETCD_SD_ERR_CLOSED);
+  CHECK_THROWS(inst.subscribe(), ETCD_SD_ERR_CLOSED);
+}
+
+void test_subscription() {
+  etcd_sd::Client c = connect();
+  std::string p = prefix("subscription");
+  etcd_sd::Registrar r(c, p + "1", "one");
+  r.register_service();
+  std::optional<etcd_sd::Subscription> sub;
+  {
+    etcd_sd::Instancer inst(c, p);
+    sub.emplace(inst.subscribe());
+    auto ev = sub->recv(5s);
+    CHECK(ev.has_value());
+    CHECK(ev->size() == 1);
+    CHECK((*ev)[0] == "one");
+    CHECK(ev->at(0) == "one");
+    CHECK((*ev)[1].empty());
+    bool out_of_range = false;
+    try {
+      (void)ev->at(1);
+    } catch (const std::out_of_range &) {
+      out_of_range = true;
+    }
+    CHECK(out_of_range);
+  }  // the instancer is destroyed: the subscription ends
+  bool closed = false;
+  for (int n = 0; n < 20 && !closed; n++) {
+    try {
+      auto ev = sub->recv(5s);
+      CHECK(ev.has_value());
+    } catch (const etcd_sd::Error &e) {
+      CHECK(e.status() == ETCD_SD_ERR_CLOSED);
+      closed = true;
+    }
+  }
+  CHECK(closed);
+  CHECK_THROWS(sub->try_recv(), ETCD_SD_ERR_CLOSED);
+  CHECK_THROWS(sub->recv(), ETCD_SD_ERR_CLOSED);
+
+  etcd_sd::Instancer inst(c, p);
+  etcd_sd::Subscription s = inst.subscribe();
+  auto first = s.try_recv();
+  CHECK(first && first->instances() == std::vector<std::string>{"one"});
+  CHECK(!s.try_recv());
+  CHECK(!s.recv(20ms));
+  etcd_sd::Event moved = std::move(*first);
+  CHECK(moved.size() == 1);
+  CHECK(first->get() == nullptr);
+}
+
+void test_balancer_and_retry() {
+  etcd_sd::Client c = connect();
+  std::string p = prefix("balancer");
+  etcd_sd::Instancer inst(c, p);
+  etcd_sd::Balancer rr = inst.round_robin();
+  CHECK_THROWS(rr.next(), ETCD_SD_ERR_NO_ENDPOINTS);
+  std::string long_value(1000, 'z');  // longer than next()'s first buffer
+  etcd_sd::Registrar a(c, p + "a", "a");
+  etcd_sd::Registrar b(c, p + "b", long_value);
+  a.register_service();
+  b.register_service();
+  CHECK(wait_until([&] {
+    try {
+      return rr.next() == long_value;
+    } catch (const etcd_sd::Error &) {
+      return false;
+    }
+  }));
+  CHECK(rr.next() == "a");
+  CHECK(rr.next() == long_value);
+  CHECK(rr.next() == "a");
+
+  etcd_sd::Balancer r1 = inst.random(9), r2 = inst.random(9);
+  for (int n = 0; n < 10; n++) CHECK(r1.next() == r2.next());
+
+  int calls = 0;
+  rr.retry(3, 5s, [&](std::string_view instance) {
+    calls++;
+    if (calls == 1) throw std::runtime_error("first attempt throws");
+    return !instance.empty();
+  });
+  CHECK(calls == 2);
+  calls = 0;
+  try {
+    rr.retry(2, 5s, [&](std::string_view) -> bool {
+      calls++;
+      throw std::runtime_error("always throws");
+    });
+    CHECK(false);
+  } catch (const etcd_sd::Error &e) {
+    CHECK(e.status() == ETCD_SD_ERR_UNAVAILABLE);
+    CHECK(std::string(e.what()).find("always throws") != std::string::npos);
+  }
+  CHECK(calls == 2);
+  CHECK_THROWS(rr.retry(5, 0ms, [](std::string_view) { return true; }), ETCD_SD_ERR_TIMEOUT);
+  inst.stop();
+  CHECK_THROWS(rr.next(), ETCD_SD_ERR_CLOSED);
+}
+
+}  // namespace
+
+int main() {
+  const char *ep = std::getenv("ETCD_SD_TEST_ENDPOINT");
+  if (!ep || !*ep) {
+    std::fprintf(stderr, "set ETCD_SD_TEST_ENDPOINT\n");
+    return 2;
+  }
+  g_endpoint = ep;
+  const char *p = std::getenv("ETCD_SD_TEST_PREFIX");
+  g_prefix = p ? p : "/etcd-sd-cpp-test/";
+  struct {
+    const char *name;
+    void (*fn)();
+  } tests[] = {
+      {"errors", test_errors},
+      {"raii_registrar_and_moves", test_raii_registrar_and_moves},
+      {"callbacks", test_callbacks},
+      {"subscription", test_subscription},
+      {"balancer_and_retry", test_balancer_and_retry},
+  };
+  int passed = 0, failed = 0;
+  for (auto &t : tests) {
+    int before = g_failed;
+    try {
+      t.fn();
+    } catch (const std::exception &e) {
+      std::fprintf(stderr, "%s: unexpected exception: %s\n", t.name, e.what());
+      g_failed++;
+    }
+    if (g_failed == before) {
+      std::printf("ok - %s\n", t.name);
+      passed++;
+    } else {
+      std::printf("FAILED - %s\n", t.name);
+      failed++;
+    }
+    std::fflush(stdout);
+  }
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
