@@ -404,9 +404,9 @@ impl Task {
             };
             self.shared
                 .set(Some(self.epoch), RegistrationState::Lost, None, Some(error));
-            if !self.pause(&ctx, &mut backoff, lease).await {
-                return;
-            }
+            // The first attempt after a loss goes at once (etcd may well be
+            // answering: a revoked lease, a deleted key); failures then back
+            // off from 100 ms.
         }
     }
 

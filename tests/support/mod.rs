@@ -446,6 +446,23 @@ impl EtcdServer {
     pub fn pause(&mut self) {
         self.signal("STOP");
         self.paused = true;
+        // A signal is delivered asynchronously: wait until the kernel reports
+        // the process stopped, so no request slips in after `pause` returns.
+        let pid = self.pid().expect("etcd not running");
+        let stat = format!("/proc/{pid}/stat");
+        let stopped = wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with('T'))
+                })
+                .unwrap_or(false)
+        });
+        assert!(
+            stopped,
+            "etcd (pid {pid}) did not stop within 5 s of SIGSTOP"
+        );
     }
 
     /// Resumes a paused etcd (SIGCONT).
