@@ -296,6 +296,20 @@ fn text_for_people(e: &etcd_client::Error) -> String {
     msg
 }
 
+/// The error for a watch that etcd cancelled (other than for compaction):
+/// `Auth` when the reason is about authentication or permissions (an expired
+/// token, a user without read access), `Unavailable` otherwise (e.g. no
+/// leader).
+pub(crate) fn from_cancel_reason(reason: &str) -> Error {
+    let text = reason.to_ascii_lowercase();
+    let kind = if looks_like_auth(&text) || text.contains("auth") {
+        ErrorKind::Auth
+    } else {
+        ErrorKind::Unavailable
+    };
+    Error::new(kind, format!("watch cancelled by etcd: {reason}"))
+}
+
 /// True when an etcd error says the lease does not exist (any more).
 pub(crate) fn is_lease_not_found(e: &Error) -> bool {
     e.kind() == ErrorKind::Etcd && e.message().contains("requested lease not found")
@@ -353,6 +367,24 @@ mod tests {
             "etcdserver: requested lease not found",
         )));
         assert!(is_lease_not_found(&lease));
+    }
+
+    #[test]
+    fn cancel_reasons_are_classified() {
+        for (reason, kind) in [
+            (
+                "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token",
+                ErrorKind::Auth,
+            ),
+            (
+                "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
+                ErrorKind::Auth,
+            ),
+            ("etcdserver: no leader", ErrorKind::Unavailable),
+            ("", ErrorKind::Unavailable),
+        ] {
+            assert_eq!(from_cancel_reason(reason).kind(), kind, "{reason}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::backoff::Backoff;
 use crate::chunks::SortedChunks;
 use crate::client::Client;
 use crate::dispatch::Topic;
-use crate::error::{from_etcd, Error, ErrorKind, Result};
+use crate::error::{from_cancel_reason, from_etcd, Error, ErrorKind, Result};
 use crate::instances::{Event, Instances};
 use crate::runtime::{read_prefix, wait_reply, Command, Core, Ctx, Reply};
 
@@ -383,6 +383,8 @@ impl Task {
                     need_read = true;
                 }
                 WatchEnd::Broken(e) => {
+                    // An expired token cancels watches; get a fresh one.
+                    ctx.refresh_auth(&e).await;
                     self.report(&snapshot, e);
                     if !self.pause(&mut backoff).await {
                         return;
@@ -455,11 +457,7 @@ impl Task {
                 if resp.compact_revision() > 0 {
                     return WatchEnd::Compacted;
                 }
-                let reason = resp.cancel_reason();
-                return WatchEnd::Broken(Error::new(
-                    ErrorKind::Unavailable,
-                    format!("watch cancelled by etcd: {reason}"),
-                ));
+                return WatchEnd::Broken(from_cancel_reason(resp.cancel_reason()));
             }
             if resp.created() {
                 backoff.reset();

@@ -117,10 +117,20 @@ impl Event {
         self.instances == other.instances
             && match (&self.err, &other.err) {
                 (None, None) => true,
-                // Subscribers hear of an outage once, whatever errors follow.
-                (Some(_), Some(_)) => true,
+                // Subscribers hear of an outage once, however its errors
+                // alternate between timing out and refused connections; a
+                // different kind of failure (say, permission denied) is news.
+                (Some(a), Some(b)) => outage_class(a.kind()) == outage_class(b.kind()),
                 _ => false,
             }
+    }
+}
+
+/// Errors that all mean "etcd cannot be reached" count as one.
+fn outage_class(kind: crate::ErrorKind) -> Option<crate::ErrorKind> {
+    match kind {
+        crate::ErrorKind::Timeout | crate::ErrorKind::Unavailable => None,
+        other => Some(other),
     }
 }
 
@@ -156,5 +166,15 @@ mod tests {
         };
         assert!(a.same_as(&b));
         assert!(!a.same_as(&c));
+        let d = Event {
+            instances: ["x"].into_iter().collect(),
+            err: Some(crate::ErrorKind::Timeout.into()),
+        };
+        let e = Event {
+            instances: ["x"].into_iter().collect(),
+            err: Some(crate::ErrorKind::Auth.into()),
+        };
+        assert!(c.same_as(&d), "timeouts and refusals are one outage");
+        assert!(!d.same_as(&e), "a permission error is news");
     }
 }

@@ -16,6 +16,18 @@ pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(3);
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// The shortest heartbeat [`TtlOption::new`] accepts.
 pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_millis(500);
+/// The longest lease etcd grants (`MaxLeaseTTL`, 9,000,000,000 s); longer
+/// ttls are cut to it.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+/// The longest wait any timeout stands for: longer values (up to
+/// `Duration::MAX`, or `UINT64_MAX` ms from C) mean "no practical deadline"
+/// and are cut to this, so no deadline arithmetic can overflow.
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Bounds of the HTTP/2 keep-alive interval: faster pings are refused by
+/// etcd (it closes connections that ping too often), slower ones would not
+/// detect a dead link in any useful time.
+pub(crate) const MIN_KEEP_ALIVE: Duration = Duration::from_secs(1);
+pub(crate) const MAX_KEEP_ALIVE: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// How to reach and authenticate with etcd (go-kit's `ClientOptions`).
 ///
@@ -41,10 +53,13 @@ pub struct ClientOptions {
     /// of the three TLS files makes plain `host:port` endpoints use TLS.
     pub ca_cert: Option<PathBuf>,
     /// How long [`Client::connect`](crate::Client::connect) may take, and the
-    /// bound of each TCP connect. `ZERO` means 3 s.
+    /// bound of each TCP connect. `ZERO` means 3 s; values over 24 h are cut
+    /// to 24 h (true of every timeout here, so none can overflow).
     pub dial_timeout: Duration,
     /// Interval of HTTP/2 keep-alive pings (sent even while idle) and how long
-    /// to wait for their answer before the link is declared dead. `ZERO` means 3 s.
+    /// to wait for their answer before the link is declared dead. `ZERO` means
+    /// 3 s; kept between 1 s and 2 h (etcd closes connections that ping more
+    /// often than its `--grpc-keepalive-min-time` while they carry no stream).
     pub dial_keep_alive: Duration,
     /// Bound of every other blocking call. `ZERO` means 5 s.
     pub request_timeout: Duration,
@@ -58,19 +73,21 @@ fn or_default(d: Duration, default: Duration) -> Duration {
     if d.is_zero() {
         default
     } else {
-        d
+        d.min(MAX_WAIT)
     }
 }
 
 impl ClientOptions {
-    /// `dial_timeout`, with zero replaced by its default of 3 s.
+    /// `dial_timeout`, with zero replaced by its default of 3 s (and anything
+    /// over 24 h cut to 24 h, as for every timeout here).
     pub fn effective_dial_timeout(&self) -> Duration {
         or_default(self.dial_timeout, DEFAULT_DIAL)
     }
 
-    /// `dial_keep_alive`, with zero replaced by its default of 3 s.
+    /// `dial_keep_alive`, with zero replaced by its default of 3 s, and kept
+    /// between 1 s and 2 h.
     pub fn effective_dial_keep_alive(&self) -> Duration {
-        or_default(self.dial_keep_alive, DEFAULT_DIAL)
+        or_default(self.dial_keep_alive, DEFAULT_DIAL).clamp(MIN_KEEP_ALIVE, MAX_KEEP_ALIVE)
     }
 
     /// `request_timeout`, with zero replaced by its default of 5 s.
@@ -120,19 +137,24 @@ pub struct TtlOption {
 impl TtlOption {
     /// Builds the option, clamped as go-kit does: a zero heartbeat means 3 s, a
     /// non-zero heartbeat under 500 ms is raised to 500 ms, and a ttl not
-    /// greater than the heartbeat becomes 3 × heartbeat.
+    /// greater than the heartbeat becomes 3 × heartbeat. Beyond go-kit, the
+    /// ttl is cut to the longest lease etcd grants (9,000,000,000 s) and the
+    /// heartbeat to a third of that.
     pub fn new(heartbeat: Duration, ttl: Duration) -> TtlOption {
         let heartbeat = if heartbeat.is_zero() {
             DEFAULT_HEARTBEAT
         } else {
-            heartbeat.max(MIN_HEARTBEAT)
+            heartbeat.clamp(MIN_HEARTBEAT, MAX_TTL / 3)
         };
         let ttl = if ttl <= heartbeat {
             heartbeat.saturating_mul(3)
         } else {
             ttl
         };
-        TtlOption { heartbeat, ttl }
+        TtlOption {
+            heartbeat,
+            ttl: ttl.min(MAX_TTL),
+        }
     }
 
     /// The interval between keep-alives.
@@ -148,9 +170,11 @@ impl TtlOption {
     /// The ttl in whole seconds as granted to the etcd lease: rounded up, never
     /// down, and capped at what etcd accepts.
     pub(crate) fn lease_seconds(&self) -> i64 {
-        let secs = self.ttl.as_secs() + u64::from(self.ttl.subsec_nanos() > 0);
-        // etcd refuses leases longer than 9,000,000,000 s (`MaxLeaseTTL`).
-        secs.clamp(1, 9_000_000_000) as i64
+        let secs = self
+            .ttl
+            .as_secs()
+            .saturating_add(u64::from(self.ttl.subsec_nanos() > 0));
+        secs.clamp(1, MAX_TTL.as_secs()) as i64
     }
 }
 
@@ -251,8 +275,34 @@ mod tests {
         assert_eq!(TtlOption::new(ms(500), ms(1500)).lease_seconds(), 2);
         assert_eq!(TtlOption::new(ms(500), ms(2000)).lease_seconds(), 2);
         assert_eq!(TtlOption::new(ms(500), ms(2001)).lease_seconds(), 3);
-        let huge = TtlOption::new(Duration::MAX / 4, Duration::MAX / 2);
-        assert!(huge.lease_seconds() > 0);
+        for (hb, ttl) in [
+            (Duration::MAX / 4, Duration::MAX / 2),
+            (Duration::MAX, Duration::MAX),
+            (Duration::MAX, Duration::ZERO),
+            (Duration::ZERO, Duration::MAX),
+        ] {
+            let t = TtlOption::new(hb, ttl);
+            assert_eq!(t.lease_seconds(), 9_000_000_000, "{hb:?} {ttl:?}");
+            assert!(t.heartbeat() < t.ttl());
+        }
+    }
+
+    #[test]
+    fn huge_and_tiny_timeouts_are_bounded() {
+        let o = ClientOptions {
+            dial_timeout: Duration::MAX,
+            request_timeout: Duration::MAX,
+            dial_keep_alive: Duration::from_nanos(1),
+            ..Default::default()
+        };
+        assert_eq!(o.effective_dial_timeout(), MAX_WAIT);
+        assert_eq!(o.effective_request_timeout(), MAX_WAIT);
+        assert_eq!(o.effective_dial_keep_alive(), MIN_KEEP_ALIVE);
+        let o = ClientOptions {
+            dial_keep_alive: Duration::MAX,
+            ..Default::default()
+        };
+        assert_eq!(o.effective_dial_keep_alive(), MAX_KEEP_ALIVE);
     }
 
     #[test]

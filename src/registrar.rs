@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
 use crate::client::Client;
-use crate::error::{from_etcd, is_lease_not_found, Error, ErrorKind, Result};
+use crate::error::{from_cancel_reason, from_etcd, is_lease_not_found, Error, ErrorKind, Result};
 use crate::options::{Service, TtlOption};
 use crate::runtime::{wait_reply, Command, Core, Ctx, Reply};
 
@@ -358,6 +358,11 @@ enum Loss {
     Lease(Error),
     /// The key is gone but the lease may live: put again under it.
     Key(Error),
+    /// No keep-alive was answered for a whole ttl (etcd unreachable, or a
+    /// cluster busy electing a leader). The lease may have survived: the
+    /// next attempt puts under it first and grants a new one only if etcd
+    /// says it is gone.
+    Silent(Error),
 }
 
 impl Task {
@@ -400,7 +405,7 @@ impl Task {
                     lease = None;
                     e
                 }
-                Loss::Key(e) => e,
+                Loss::Key(e) | Loss::Silent(e) => e,
             };
             self.shared
                 .set(Some(self.epoch), RegistrationState::Lost, None, Some(error));
@@ -536,7 +541,7 @@ async fn keep_alive(ctx: &Ctx, key: &str, lease: i64, ttl: TtlOption, revision: 
                     watch = open_watch(watched_rev).await;
                 }
                 if last_ok.elapsed() >= ttl.ttl() {
-                    return Loss::Lease(Error::new(ErrorKind::Unavailable,
+                    return Loss::Silent(Error::new(ErrorKind::Unavailable,
                         format!("no keep-alive answered for {:?} (the ttl)", ttl.ttl())));
                 }
                 match &mut keeper {
@@ -579,6 +584,9 @@ async fn keep_alive(ctx: &Ctx, key: &str, lease: i64, ttl: TtlOption, revision: 
                 Ok(Some(resp)) => {
                     if resp.canceled() {
                         watch = None;
+                        // An expired auth token cancels watches; refresh it
+                        // before the next heartbeat reopens this one.
+                        ctx.refresh_auth(&from_cancel_reason(resp.cancel_reason())).await;
                         if resp.compact_revision() > 0 {
                             // History is gone; a fresh watch from now plus a
                             // read tell us whether the key is still there.

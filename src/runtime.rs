@@ -46,6 +46,23 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// After an `Auth` failure of a stream (a watch cancelled for an expired
+    /// token), fetches a fresh token; unary calls refresh by themselves. A
+    /// no-op without credentials; failures are only logged (the caller retries
+    /// with backoff anyway).
+    pub(crate) async fn refresh_auth(&self, after: &Error) {
+        if after.kind() != ErrorKind::Auth {
+            return;
+        }
+        match tokio::time::timeout(self.request_timeout, self.etcd.refresh_token()).await {
+            Ok(Ok(())) => log::debug!(target: "etcd_sd::runtime", "auth token refreshed"),
+            Ok(Err(e)) => {
+                log::debug!(target: "etcd_sd::runtime", "auth token refresh failed: {}", from_etcd(e))
+            }
+            Err(_) => log::debug!(target: "etcd_sd::runtime", "auth token refresh timed out"),
+        }
+    }
+
     /// Runs one etcd request bounded by `request_timeout`, mapping errors.
     pub(crate) async fn bounded<T, F>(&self, what: &str, fut: F) -> Result<T>
     where
@@ -91,14 +108,16 @@ impl Core {
         let dispatcher = Dispatcher::start()?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (started_tx, started_rx) = cb::bounded::<Result<()>>(1);
-        let ctx_parts = (
-            endpoints.clone(),
+        let startup = Startup {
+            endpoints: endpoints.clone(),
             connect,
-            options.effective_request_timeout(),
-        );
+            request_timeout: options.effective_request_timeout(),
+            dial_timeout,
+            tls: options.uses_tls(),
+        };
         let handle = thread::Builder::new()
             .name("etcd-sd-runtime".into())
-            .spawn(move || run_runtime(ctx_parts, dial_timeout, cmd_rx, started_tx))
+            .spawn(move || run_runtime(startup, cmd_rx, started_tx))
             .map_err(|e| {
                 Error::with_source(ErrorKind::Unavailable, "cannot start the runtime thread", e)
             })?;
@@ -112,7 +131,7 @@ impl Core {
             endpoints,
         };
         // The runtime bounds the dial itself; the margin covers thread start-up.
-        match started_rx.recv_timeout(dial_timeout + Duration::from_secs(2)) {
+        match started_rx.recv_timeout(dial_timeout.saturating_add(Duration::from_secs(2))) {
             Ok(Ok(())) => Ok(core),
             Ok(Err(e)) => Err(e),
             Err(cb::RecvTimeoutError::Timeout) => Err(Error::new(
@@ -182,15 +201,27 @@ impl Drop for Core {
     }
 }
 
-type CtxParts = (Vec<String>, etcd_client::ConnectOptions, Duration);
+/// What the runtime thread needs to connect.
+struct Startup {
+    endpoints: Vec<String>,
+    connect: etcd_client::ConnectOptions,
+    request_timeout: Duration,
+    dial_timeout: Duration,
+    tls: bool,
+}
 
 fn run_runtime(
-    parts: CtxParts,
-    dial_timeout: Duration,
+    startup: Startup,
     mut commands: mpsc::UnboundedReceiver<Command>,
     started: cb::Sender<Result<()>>,
 ) {
-    let (endpoints, connect, request_timeout) = parts;
+    let Startup {
+        endpoints,
+        connect,
+        request_timeout,
+        dial_timeout,
+        tls,
+    } = startup;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(1)
@@ -208,7 +239,7 @@ fn run_runtime(
         }
     };
     rt.block_on(async move {
-        let etcd = match connect_and_check(&endpoints, connect, dial_timeout).await {
+        let etcd = match connect_and_check(&endpoints, connect, dial_timeout, tls).await {
             Ok(etcd) => etcd,
             Err(e) => {
                 let _ = started.send(Err(e));
@@ -261,6 +292,7 @@ async fn connect_and_check(
     endpoints: &[String],
     connect: etcd_client::ConnectOptions,
     dial_timeout: Duration,
+    tls: bool,
 ) -> Result<etcd_client::Client> {
     let deadline = tokio::time::Instant::now() + dial_timeout;
     let attempt = async {
@@ -274,12 +306,35 @@ async fn connect_and_check(
         Ok::<_, Error>(client)
     };
     match tokio::time::timeout_at(deadline, attempt).await {
+        Ok(Err(e)) if tls && closed_during_handshake(&e) => Err(Error::with_source(
+            ErrorKind::Tls,
+            "the server closed the connection right after the TLS handshake \
+             (most likely it refused the client certificate, or asked for one)",
+            e,
+        )),
         Ok(r) => r,
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,
             format!("no etcd member at {endpoints:?} answered within {dial_timeout:?}"),
         )),
     }
+}
+
+/// True for the ways a TLS 1.3 server's refusal of the client certificate
+/// shows up when the alert loses the race with the connection's end.
+fn closed_during_handshake(e: &Error) -> bool {
+    if e.kind() != ErrorKind::Unavailable {
+        return false;
+    }
+    let text = e.message().to_ascii_lowercase();
+    [
+        "connection closed",
+        "broken pipe",
+        "connection reset",
+        "unexpected eof",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
 }
 
 /// Reads the values under `prefix` in key order, a page at a time, every page
