@@ -10,7 +10,7 @@ bench: deps
 bench-quick: deps
 	BENCH_QUICK=1 $(CARGO) bench --bench bench
 
-.PHONY: bench bench-quick deps demo test test-rust test-etcd35 lint doc clean
+.PHONY: bench bench-quick deps demo test test-rust test-etcd35 lint doc soak package clean
 
 ## Install what is missing (etcd 3.4 + 3.5, etcdctl, protoc, valgrind, ...).
 deps:
@@ -20,8 +20,9 @@ deps:
 demo: deps
 	$(CARGO) run --quiet --release --example demo
 
-## Run every check and test: formatting, lints, unit, integration (etcd 3.4 and 3.5), docs.
-test: deps lint test-rust test-etcd35 test-c
+## Run every check and test: formatting, lints, docs, unit, doc tests,
+## integration (etcd 3.4 and 3.5), the C API and install.
+test: deps lint doc test-rust test-etcd35 test-c
 	@echo "make test: all passed"
 
 lint:
@@ -31,14 +32,21 @@ lint:
 ## Unit tests, doc tests and integration tests against etcd 3.4 (Debian).
 test-rust:
 	$(CARGO) test --all-targets --features cli
-	$(CARGO) test --doc
+	$(CARGO) test --doc --features cli
 
 ## The integration suites again, against etcd 3.5.
 test-etcd35: deps
 	ETCD_BIN=$(ETCD35)/etcd ETCDCTL_BIN=$(ETCD35)/etcdctl $(CARGO) test --tests --features cli
 
+## The API docs, with every rustdoc warning (e.g. a broken intra-doc link) an error.
 doc:
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features cli
+
+## What `cargo package` would ship, and a dry run of `cargo publish` (which
+## builds the packaged crate). Needs crates.io; not part of `make test`.
+package:
+	$(CARGO) package --list
+	$(CARGO) publish --dry-run
 
 ## Soak (not part of `make test`): 1,000 registrars and 50 instancers on one
 ## client, churn and etcd restarts for SOAK_SECS (default 120) seconds.

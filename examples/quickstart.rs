@@ -1,5 +1,8 @@
 //! The go-kit `sd/etcdv3` package example, ported line for line.
 //!
+//! Adapted from go-kit (github.com/go-kit/kit, sd/etcdv3/example_test.go),
+//! MIT License, Copyright (c) 2015 Peter Bourgon.
+//!
 //! Run it against any etcd v3 (default `127.0.0.1:2379`):
 //!
 //! ```text

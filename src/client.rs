@@ -69,10 +69,23 @@ impl Client {
     /// # Errors
     /// * `InvalidArgument`: no endpoints, a malformed endpoint (`""`,
     ///   `"http://"`, `"host:notaport"`, port 0), `http://` with TLS files, a
-    ///   certificate without its key or the other way round;
+    ///   certificate without its key or the other way round, a password
+    ///   without a user name;
     /// * `Tls`: a TLS file cannot be read or parsed, or the handshake failed;
     /// * `Timeout` / `Unavailable`: no member answered within `dial_timeout`;
     /// * `Auth`: wrong user name or password.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use etcd_sd::{Client, ClientOptions, ErrorKind};
+    ///
+    /// let options = ClientOptions { dial_timeout: Duration::from_secs(1), ..Default::default() };
+    /// match Client::connect(&["10.0.0.1:2379", "10.0.0.2:2379", "https://etcd-3:2379"], options) {
+    ///     Ok(client) => println!("connected to {:?}", client.endpoints()),
+    ///     Err(e) if e.kind() == ErrorKind::InvalidArgument => eprintln!("bad endpoint: {e}"),
+    ///     Err(e) => eprintln!("etcd not reachable: {e}"),
+    /// }
+    /// ```
     pub fn connect<S: AsRef<str>>(endpoints: &[S], options: ClientOptions) -> Result<Client> {
         let tls = options.uses_tls();
         if endpoints.is_empty() {
@@ -103,6 +116,14 @@ impl Client {
     /// # Errors
     /// `InvalidArgument` for an empty prefix; `Timeout`, `Unavailable`,
     /// `Auth` or `Etcd` when etcd cannot answer within `request_timeout`.
+    ///
+    /// ```no_run
+    /// # let client = etcd_sd::Client::connect(&["127.0.0.1:2379"], Default::default())?;
+    /// for value in client.get_entries("/services/barsvc/")? {
+    ///     println!("{value}");
+    /// }
+    /// # Ok::<(), etcd_sd::Error>(())
+    /// ```
     pub fn get_entries(&self, prefix: &str) -> Result<Vec<String>> {
         validate_prefix(prefix)?;
         let core = &self.inner.core;
@@ -120,8 +141,22 @@ impl Client {
     /// watch resumes by itself after outages and ends once the receiver is
     /// dropped and the next change comes, or when the client goes.
     ///
+    /// Prefer an [`Instancer`](crate::Instancer), which delivers the
+    /// values themselves; this is go-kit's lower-level building block.
+    ///
     /// # Errors
     /// `InvalidArgument` for an empty prefix; `Closed` if the runtime is gone.
+    ///
+    /// ```no_run
+    /// # let client = etcd_sd::Client::connect(&["127.0.0.1:2379"], Default::default())?;
+    /// let changes = client.watch_prefix("/services/barsvc/")?;
+    /// while changes.recv().is_ok() {
+    ///     // The first `()` comes at once: read the current state, then again
+    ///     // after each notification.
+    ///     println!("{:?}", client.get_entries("/services/barsvc/")?);
+    /// }
+    /// # Ok::<(), etcd_sd::Error>(())
+    /// ```
     pub fn watch_prefix(&self, prefix: &str) -> Result<cb::Receiver<()>> {
         validate_prefix(prefix)?;
         let (tx, rx) = cb::bounded(1);
@@ -140,6 +175,9 @@ impl Client {
     /// re-registers after losses until [`deregister`](Client::deregister) or
     /// until the last handle of this client is dropped. Registering the same
     /// key again replaces the earlier registration.
+    ///
+    /// A [`Registrar`] of your own does the same, and also gives you its
+    /// state and events and deregisters when dropped.
     ///
     /// # Errors
     /// `NoKey` for an empty key, then `NoValue` for an empty value, both before
@@ -205,7 +243,8 @@ impl Client {
     }
 
     /// The lease of the last successful [`register`](Client::register) on
-    /// this client, 0 if none.
+    /// this client, 0 if none (go-kit's `LeaseID`). Each registered service
+    /// has its own lease; [`Registrar::lease_id`] gives the lease of one.
     pub fn lease_id(&self) -> i64 {
         self.inner.last_lease.load(Ordering::Relaxed)
     }

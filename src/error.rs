@@ -17,7 +17,23 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What went wrong, for programs to branch on.
 ///
-/// The kinds are stable; new ones may be added (the enum is `#[non_exhaustive]`).
+/// The kinds are stable; new ones may be added (the enum is
+/// `#[non_exhaustive]`, so a `match` needs a `_` arm). The C API's statuses
+/// `ETCD_SD_ERR_NO_KEY` (1) to `ETCD_SD_ERR_ETCD` (10) are these kinds, in
+/// this order.
+///
+/// ```
+/// use etcd_sd::{Error, ErrorKind};
+///
+/// /// Worth trying again later, or not?
+/// fn transient(e: &Error) -> bool {
+///     matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable)
+/// }
+///
+/// assert!(transient(&ErrorKind::Unavailable.into()));
+/// assert!(!transient(&Error::new(ErrorKind::Auth, "permission denied")));
+/// assert_eq!(ErrorKind::NoKey.to_string(), "no key provided");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -27,8 +43,10 @@ pub enum ErrorKind {
     /// A service was given without a value (go-kit's `ErrNoValue`). Checked
     /// before any network traffic.
     NoValue,
-    /// An argument was malformed: an empty or unparsable endpoint list, a
-    /// certificate without its key, an invalid string from C, and the like.
+    /// An argument was malformed: an empty or unparsable endpoint list, an
+    /// empty prefix, a certificate without its key, a password without a
+    /// user name, an invalid string from C, and the like. Checked before any
+    /// network traffic.
     InvalidArgument,
     /// A deadline passed: `dial_timeout` while connecting, `request_timeout`
     /// for any other blocking call, or the deadline of a retrying call.
@@ -51,7 +69,12 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// A short lowercase description of the kind.
+    /// A short lowercase description of the kind, with no final period
+    /// (what `Display` prints, and what [`Error`]'s `Display` starts with).
+    ///
+    /// ```
+    /// assert_eq!(etcd_sd::ErrorKind::Timeout.as_str(), "timed out");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::NoKey => "no key provided",
@@ -78,8 +101,23 @@ impl fmt::Display for ErrorKind {
 ///
 /// Cheap to clone (one `Arc`), so the same error can travel in every
 /// [`Event`](crate::Event) of one update. Use [`Error::kind`] to branch,
-/// `Display` to show it to people and [`std::error::Error::source`] for the
-/// underlying cause. Messages never contain passwords or key material.
+/// `Display` to show it to people (`kind: message`) and
+/// [`std::error::Error::source`] for the underlying cause (an etcd, gRPC,
+/// transport or I/O error). Messages never contain passwords or key material.
+/// `Send + Sync + 'static`, so it converts into a [`BoxError`] with `?`.
+///
+/// ```
+/// use std::error::Error as _;
+/// use etcd_sd::{Error, ErrorKind};
+///
+/// let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+/// let e = Error::with_source(ErrorKind::Unavailable, "get entries", cause);
+/// assert_eq!(e.kind(), ErrorKind::Unavailable);
+/// assert_eq!(e.to_string(), "etcd unavailable: get entries");
+/// assert_eq!(e.source().unwrap().to_string(), "connection refused");
+/// let copy = e.clone(); // shares the same error
+/// assert_eq!(copy.message(), "get entries");
+/// ```
 #[derive(Clone)]
 pub struct Error {
     inner: Arc<Inner>,
@@ -92,7 +130,15 @@ struct Inner {
 }
 
 impl Error {
-    /// Builds an error of `kind` with a message for people.
+    /// Builds an error of `kind` with a message for people. Mostly for
+    /// endpoint factories, balancers and tests of your own; the crate's
+    /// errors come from its calls.
+    ///
+    /// ```
+    /// use etcd_sd::{Error, ErrorKind};
+    /// let e = Error::new(ErrorKind::NoEndpoints, "none under /services/barsvc/");
+    /// assert_eq!(e.to_string(), "no endpoints available: none under /services/barsvc/");
+    /// ```
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
         Error {
             inner: Arc::new(Inner {
@@ -123,7 +169,8 @@ impl Error {
         self.inner.kind
     }
 
-    /// The message without the kind prefix.
+    /// The message without the kind prefix (may be empty, as for an error
+    /// made from a bare [`ErrorKind`]).
     pub fn message(&self) -> &str {
         &self.inner.message
     }

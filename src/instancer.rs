@@ -28,7 +28,8 @@ const LOG: &str = "etcd_sd::instancer";
 /// further behind is skipped and later given only the latest snapshot.
 const SUBSCRIBE_CAPACITY: usize = 16;
 
-/// Identifies a callback added with [`Instancer::on_update`].
+/// Identifies a callback added with [`Instancer::on_update`], for
+/// [`Instancer::remove_callback`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CallbackId(pub(crate) u64);
 
@@ -51,6 +52,12 @@ impl CallbackId {
 ///
 /// While etcd cannot be watched, subscribers get one `Event` with `err` set and
 /// the last good instances; when the watch is back, an `Event` without `err`.
+///
+/// The watch runs as a task on the client's runtime thread: it reads the
+/// prefix at a revision R, watches from R + 1, applies each change as it
+/// comes (no re-read per change), resumes from the last revision it saw after
+/// a broken watch, and reads again only after a compaction. An Instancer adds
+/// no thread; it is `Send + Sync`.
 ///
 /// # Disconnection
 /// After [`stop`](Instancer::stop) (or drop), `subscribe` receivers still hold
@@ -149,6 +156,18 @@ impl Instancer {
     /// skipped and later given the latest state. It is dropped by
     /// [`deregister`](Instancer::deregister), by `stop`, or when its receiver
     /// is gone. On a stopped instancer it gets one event with a `Closed` error.
+    ///
+    /// ```no_run
+    /// use etcd_sd::{channel, Client, ClientOptions, Instancer};
+    /// let client = Client::connect(&["127.0.0.1:2379"], ClientOptions::default())?;
+    /// let instancer = Instancer::new(&client, "/services/barsvc/")?;
+    /// let (tx, rx) = channel::bounded(1); // room for one: only the latest waits
+    /// instancer.register(tx.clone());
+    /// let event = rx.recv().unwrap(); // the current state
+    /// println!("{:?}", event.instances);
+    /// instancer.deregister(&tx);
+    /// # Ok::<(), etcd_sd::Error>(())
+    /// ```
     pub fn register(&self, tx: cb::Sender<Event>) {
         self.topic.add_channel(tx);
     }
@@ -180,6 +199,27 @@ impl Instancer {
     /// never the watch. If `f` panics, the panic is caught and logged and `f`
     /// is removed. On a stopped instancer `f` is dropped without being called
     /// and the id returned is inert (its number is 0).
+    ///
+    /// `f` is dropped exactly once, after its last call: on
+    /// [`remove_callback`](Instancer::remove_callback), [`stop`](Instancer::stop)
+    /// or drop of the instancer.
+    ///
+    /// ```no_run
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use etcd_sd::{Client, ClientOptions, Event, Instancer};
+    /// let client = Client::connect(&["127.0.0.1:2379"], ClientOptions::default())?;
+    /// let instancer = Instancer::new(&client, "/services/barsvc/")?;
+    /// let size = Arc::new(AtomicUsize::new(0));
+    /// let seen = size.clone();
+    /// let id = instancer.on_update(move |event: &Event| {
+    ///     // Runs on the `etcd-sd-dispatch` thread: keep it short.
+    ///     seen.store(event.instances.len(), Ordering::Relaxed);
+    /// });
+    /// // ...
+    /// instancer.remove_callback(id); // not called again once this returns
+    /// # Ok::<(), etcd_sd::Error>(())
+    /// ```
     pub fn on_update<F: Fn(&Event) + Send + 'static>(&self, f: F) -> CallbackId {
         CallbackId(self.topic.add_callback(Box::new(f)).unwrap_or(0))
     }
@@ -203,7 +243,18 @@ impl Instancer {
     }
 
     /// The current state; after [`stop`](Instancer::stop), the last state with
-    /// an error of kind `Closed`.
+    /// an error of kind `Closed`. Never blocks: it clones the current
+    /// snapshot (O(1)).
+    ///
+    /// ```no_run
+    /// # let client = etcd_sd::Client::connect(&["127.0.0.1:2379"], Default::default())?;
+    /// let instancer = etcd_sd::Instancer::new(&client, "/services/barsvc/")?;
+    /// let now = instancer.current();
+    /// if let Some(url) = now.instances.get(0) {
+    ///     println!("first instance: {url}");
+    /// }
+    /// # Ok::<(), etcd_sd::Error>(())
+    /// ```
     pub fn current(&self) -> Event {
         self.topic.current()
     }
@@ -462,10 +513,14 @@ impl Task {
             if resp.created() {
                 backoff.reset();
                 // Back after an outage: say so, even if nothing changed.
-                self.topic.publish(Event {
+                let was_down = self.topic.current().err.is_some();
+                if self.topic.publish(Event {
                     instances: snapshot.clone(),
                     err: None,
-                });
+                }) && was_down
+                {
+                    log::info!(target: LOG, "{}: watch is back at revision {}", self.prefix, *revision + 1);
+                }
             }
             let mut changed = false;
             for ev in resp.events() {

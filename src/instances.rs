@@ -20,6 +20,9 @@ use crate::Error;
 /// assert_eq!(a, b);
 /// ```
 ///
+/// Build one yourself with `collect()` or [`Instances::from_iter`], e.g. for
+/// tests; the crate builds them from etcd's keys.
+///
 /// Inside, the strings sit in sorted copy-on-write chunks, so that the watcher
 /// builds the next snapshot by copying one chunk, not the whole set: an update
 /// costs about the same at 100 or 100,000 instances.
@@ -59,7 +62,8 @@ impl Instances {
         self.set.contains(instance)
     }
 
-    /// The instances as owned strings, in sorted order.
+    /// The instances as owned strings, in sorted order (this copies them;
+    /// [`iter`](Instances::iter) does not).
     pub fn to_vec(&self) -> Vec<String> {
         self.iter().map(str::to_owned).collect()
     }
@@ -103,6 +107,22 @@ impl<'a> IntoIterator for &'a Instances {
 ///
 /// While `err` is set, `instances` holds the **last good** set, so a client
 /// can keep using it; the next event without `err` means discovery is back.
+/// Cloning an event is cheap: the snapshot and the error are shared.
+///
+/// ```
+/// use etcd_sd::{ErrorKind, Event, Instances};
+///
+/// fn on_event(event: &Event) {
+///     match &event.err {
+///         None => println!("{} instance(s): {:?}", event.instances.len(), event.instances),
+///         // `instances` is still the last good set: keep using it.
+///         Some(e) if e.kind() != ErrorKind::Closed => eprintln!("discovery stale: {e}"),
+///         Some(_) => eprintln!("instancer stopped"),
+///     }
+/// }
+///
+/// on_event(&Event { instances: Instances::from_iter(["http://10.0.0.1:8080"]), err: None });
+/// ```
 #[derive(Clone, Debug)]
 pub struct Event {
     /// The instances under the prefix: sorted, de-duplicated, shared.

@@ -31,7 +31,10 @@ pub(crate) const MAX_KEEP_ALIVE: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// How to reach and authenticate with etcd (go-kit's `ClientOptions`).
 ///
-/// Zero durations mean "use the default". `Debug` never prints the password.
+/// Zero durations mean "use the default", so `ClientOptions::default()` is a
+/// plain-text, unauthenticated client with 3 s to connect and 5 s per call.
+/// Nothing is checked or read until [`Client::connect`](crate::Client::connect).
+/// `Debug` never prints the password.
 ///
 /// ```
 /// use std::time::Duration;
@@ -42,6 +45,22 @@ pub(crate) const MAX_KEEP_ALIVE: Duration = Duration::from_secs(2 * 60 * 60);
 ///     ..Default::default()
 /// };
 /// assert_eq!(options.effective_request_timeout(), Duration::from_secs(5));
+/// assert_eq!(etcd_sd::ClientOptions::default().effective_dial_timeout(), Duration::from_secs(3));
+/// ```
+///
+/// Mutual TLS and a user, with the password kept out of `Debug`:
+///
+/// ```
+/// let options = etcd_sd::ClientOptions {
+///     ca_cert: Some("/etc/etcd/ca.pem".into()),
+///     cert: Some("/etc/etcd/client.pem".into()),
+///     key: Some("/etc/etcd/client-key.pem".into()),
+///     username: Some("foosvc".into()),
+///     password: Some("s3cret-passw0rd".into()),
+///     ..Default::default()
+/// };
+/// let shown = format!("{options:?}");
+/// assert!(shown.contains("foosvc") && !shown.contains("s3cret-passw0rd"));
 /// ```
 #[derive(Clone, Default)]
 pub struct ClientOptions {
@@ -53,7 +72,7 @@ pub struct ClientOptions {
     /// of the three TLS files makes plain `host:port` endpoints use TLS.
     pub ca_cert: Option<PathBuf>,
     /// How long [`Client::connect`](crate::Client::connect) may take, and the
-    /// bound of each TCP connect. `ZERO` means 3 s; values over 24 h are cut
+    /// bound of each TCP connect (reconnections included). `ZERO` means 3 s; values over 24 h are cut
     /// to 24 h (true of every timeout here, so none can overflow).
     pub dial_timeout: Duration,
     /// Interval of HTTP/2 keep-alive pings (sent even while idle) and how long
@@ -61,11 +80,14 @@ pub struct ClientOptions {
     /// 3 s; kept between 1 s and 2 h (etcd closes connections that ping more
     /// often than its `--grpc-keepalive-min-time` while they carry no stream).
     pub dial_keep_alive: Duration,
-    /// Bound of every other blocking call. `ZERO` means 5 s.
+    /// Bound of every other blocking call, and of each request the
+    /// background tasks make. `ZERO` means 5 s.
     pub request_timeout: Duration,
-    /// etcd user name, for clusters with authentication enabled.
+    /// etcd user name, for clusters with authentication enabled. The token
+    /// it gets is refreshed by itself.
     pub username: Option<String>,
-    /// Password of `username`. Never printed.
+    /// Password of `username`; setting it without `username` is an
+    /// `InvalidArgument` error at connect. Never printed or logged.
     pub password: Option<String>,
 }
 
@@ -119,14 +141,29 @@ impl fmt::Debug for ClientOptions {
 /// How often a registration is refreshed and how long etcd keeps it without
 /// refresh (go-kit's `TTLOption`).
 ///
+/// The registrar sends a keep-alive every `heartbeat`; etcd deletes the key
+/// when no keep-alive reached it for `ttl`, which is also how long a
+/// crashed process stays registered. A [`Service`] without one uses a 3 s
+/// heartbeat and a 10 s ttl ([`TtlOption::default`]). etcd counts leases in
+/// whole seconds: the lease is granted for `ttl` rounded **up**.
+///
 /// ```
 /// use std::time::Duration;
 /// use etcd_sd::TtlOption;
+///
+/// let t = TtlOption::new(Duration::from_secs(1), Duration::from_secs(5));
+/// assert_eq!((t.heartbeat(), t.ttl()), (Duration::from_secs(1), Duration::from_secs(5)));
+///
+/// // go-kit's clamping: a zero heartbeat means 3 s, a ttl not above the
+/// // heartbeat becomes 3 × heartbeat ...
 /// let t = TtlOption::new(Duration::ZERO, Duration::ZERO);
 /// assert_eq!(t.heartbeat(), Duration::from_secs(3));
 /// assert_eq!(t.ttl(), Duration::from_secs(9));
+/// // ... and a heartbeat under 500 ms is raised to 500 ms.
 /// let t = TtlOption::new(Duration::from_millis(100), Duration::from_secs(10));
 /// assert_eq!(t.heartbeat(), Duration::from_millis(500));
+///
+/// assert_eq!(TtlOption::default(), TtlOption::new(Duration::from_secs(3), Duration::from_secs(10)));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TtlOption {
@@ -157,12 +194,13 @@ impl TtlOption {
         }
     }
 
-    /// The interval between keep-alives.
+    /// The interval between keep-alives (the clamped value).
     pub fn heartbeat(&self) -> Duration {
         self.heartbeat
     }
 
-    /// How long etcd keeps the key without a keep-alive (the clamped value).
+    /// How long etcd keeps the key without a keep-alive (the clamped value;
+    /// the lease gets it rounded up to whole seconds).
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
@@ -190,6 +228,12 @@ impl Default for TtlOption {
 /// One instance to register: a key, the value discovery returns, and an
 /// optional [`TtlOption`] (go-kit's `Service`).
 ///
+/// The key should be unique to the instance and sit under the prefix that
+/// [`Instancer`](crate::Instancer)s watch (`/services/<name>/<instance>`);
+/// the value is what they report, typically the address to call. Neither is
+/// checked here: registering an empty key is a `NoKey` error, an empty value
+/// a `NoValue` error.
+///
 /// ```
 /// use std::time::Duration;
 /// use etcd_sd::{Service, TtlOption};
@@ -208,7 +252,7 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service with the default ttl.
+    /// A service with the default ttl (3 s heartbeat, 10 s ttl).
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Service {
         Service {
             key: key.into(),
@@ -217,7 +261,7 @@ impl Service {
         }
     }
 
-    /// The same service with `ttl`.
+    /// The same service with `ttl` instead of the default.
     pub fn with_ttl(mut self, ttl: TtlOption) -> Service {
         self.ttl = Some(ttl);
         self

@@ -29,7 +29,20 @@ use crate::runtime::{wait_reply, Command, Core, Ctx, Reply};
 
 const LOG: &str = "etcd_sd::registrar";
 
-/// Where a registration stands.
+/// Where a registration stands, as [`Registrar::state`] and
+/// [`Registrar::events`] report it.
+///
+/// ```text
+/// Unregistered ─register()─▶ Registering ─key written─▶ Registered ◀──┐
+///                                                          │           │ key written
+///                                 lease expired/revoked,   ▼           │ again (backoff)
+///                                 key deleted ──────────▶ Lost ────────┘
+/// any state ─deregister()/drop─▶ Deregistered (lease revoked, key gone)
+/// ```
+///
+/// While `Registering` or `Lost` the registrar retries with jittered
+/// backoff, 100 ms doubling to 5 s, for as long as it lives; the first
+/// attempt after a loss goes at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegistrationState {
     /// Made, never registered.
@@ -48,13 +61,19 @@ pub enum RegistrationState {
 }
 
 /// A change of [`RegistrationState`], as delivered by [`Registrar::events`].
+///
+/// Besides state changes, a stream also gets an event when attempts start
+/// failing for a new reason (say, etcd down, then permission denied): same
+/// `state`, with `error` set. Repeated failures of the same kind are not
+/// sent again.
 #[derive(Clone, Debug)]
 pub struct RegistrationEvent {
     /// The new state.
     pub state: RegistrationState,
     /// The lease in force, if any.
     pub lease_id: Option<i64>,
-    /// Why the registration was lost or could not be made, if it was.
+    /// Why the registration was lost or could not be made, if it was; for
+    /// `Deregistered`, why the lease could not be revoked.
     pub error: Option<Error>,
 }
 
@@ -116,7 +135,10 @@ impl Shared {
                     log::warn!(target: LOG, "{}: registration lost: {}", self.key,
                         error.as_ref().map(ToString::to_string).unwrap_or_default())
                 }
-                _ => log::info!(target: LOG, "{}: {:?} (lease {:?})", self.key, state, lease_id),
+                _ => match lease_id {
+                    Some(id) => log::info!(target: LOG, "{}: {state:?} (lease {id:x})", self.key),
+                    None => log::info!(target: LOG, "{}: {state:?}", self.key),
+                },
             }
             let event = RegistrationEvent {
                 state,
@@ -165,7 +187,13 @@ enum Control {
 /// own lease, until it is deregistered or dropped.
 ///
 /// Any number of Registrars share one [`Client`] without disturbing each
-/// other; they add no threads.
+/// other; they add no threads. The registration runs as a task on the
+/// client's runtime thread: it grants a lease for the service's ttl, puts the
+/// key under it, sends a keep-alive every heartbeat, watches its own key, and
+/// starts again (with backoff) when the lease expires, is revoked, or the
+/// key is deleted. See [`RegistrationState`] for the states.
+///
+/// A registrar is `Send + Sync`: share it by reference or in an `Arc`.
 ///
 /// ```no_run
 /// use etcd_sd::{Client, ClientOptions, Registrar, RegistrationState, Service};
@@ -302,18 +330,41 @@ impl Registrar {
         r
     }
 
-    /// The current state.
+    /// The current state. Never blocks.
     pub fn state(&self) -> RegistrationState {
         self.shared.status.lock().state
     }
 
-    /// The lease in force, if registered.
+    /// The lease in force, if registered. A new lease is granted after the
+    /// old one is lost, so the id can change while the registrar lives.
     pub fn lease_id(&self) -> Option<i64> {
         self.shared.status.lock().lease_id
     }
 
-    /// A new stream of state changes, from now on. The receiver disconnects
-    /// when the registrar is dropped.
+    /// A new stream of state changes, from now on (earlier ones are not
+    /// replayed: read [`state`](Registrar::state) for the current one).
+    ///
+    /// The channel is unbounded and never blocks the registration; an
+    /// undrained receiver keeps the events it has not read. When the
+    /// registrar is dropped, the receiver can still receive what it holds,
+    /// then `recv` reports disconnection at once. Each call makes a new
+    /// stream; dropping one receiver does not affect the others.
+    ///
+    /// ```no_run
+    /// use etcd_sd::{Client, ClientOptions, Registrar, RegistrationState, Service};
+    /// let client = Client::connect(&["127.0.0.1:2379"], ClientOptions::default())?;
+    /// let registrar = Registrar::new(&client, Service::new("/services/foosvc/1.2.3.4:8080", "http://1.2.3.4:8080"));
+    /// let events = registrar.events();
+    /// registrar.register()?;
+    /// for event in events.iter() {
+    ///     match event.state {
+    ///         RegistrationState::Lost => eprintln!("registration lost: {:?}", event.error),
+    ///         RegistrationState::Registered => eprintln!("registered, lease {:?}", event.lease_id),
+    ///         other => eprintln!("{other:?}"),
+    ///     }
+    /// }
+    /// # Ok::<(), etcd_sd::Error>(())
+    /// ```
     pub fn events(&self) -> cb::Receiver<RegistrationEvent> {
         let (tx, rx) = cb::unbounded();
         self.shared.status.lock().listeners.push(tx);

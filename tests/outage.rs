@@ -71,21 +71,26 @@ fn outage_longer_than_ttl_registration_and_discovery_recover() {
     etcd.restart();
     let up_at = Instant::now();
 
-    // The registration comes back on a new lease...
+    // The registration comes back: etcd restores leases with a fresh ttl
+    // when it restarts, so the registrar may keep the old lease (it puts under
+    // it first) or get a new one; either way the key must sit on the lease
+    // the registrar keeps alive.
     let seen = wait_lost_then_registered(&events, RECOVERY);
-    eprintln!("registered again {:?} after restart", up_at.elapsed());
+    eprintln!(
+        "registered again {:?} after restart (old lease {old_lease:x}); events {seen:?}",
+        up_at.elapsed()
+    );
     assert!(wait_until(RECOVERY, || etcd.exists(&key)));
-    let new_lease = reg.lease_id().expect("lease id");
-    assert_ne!(new_lease, old_lease, "old lease reused; events {seen:?}");
-    assert!(wait_until(secs(5), || etcd.lease_of(&key) == new_lease));
+    let lease = reg.lease_id().expect("lease id");
+    assert!(wait_until(secs(5), || etcd.lease_of(&key) == lease));
     assert_eq!(reg.state(), S::Registered);
 
     // ...and subscribers get a clean event.
     recv_instances(&rx, RECOVERY, &["static:1", "svc:1"]);
     eprintln!("clean event {:?} after restart", up_at.elapsed());
 
-    // The old lease (restored by etcd with a fresh ttl) expires; the key
-    // must survive that.
+    // Well past the ttl: a restored lease that nobody keeps alive has
+    // expired by now; the key must still be there.
     std::thread::sleep(secs(4));
     assert_eq!(etcd.get(&key).as_deref(), Some("svc:1"));
     let cur = inst.current();

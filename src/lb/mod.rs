@@ -50,10 +50,48 @@ pub use round_robin::RoundRobin;
 /// A callable endpoint (go-kit's `endpoint.Endpoint`): takes a request,
 /// returns a response or an error. It should bound its own running time:
 /// [`Retry`] does not interrupt a running call.
+///
+/// ```
+/// use std::sync::Arc;
+/// use etcd_sd::lb::Endpoint;
+///
+/// let base = "http://10.0.0.1:8080".to_string();
+/// let endpoint: Endpoint<&str, String> = Arc::new(move |path| Ok(format!("GET {base}{path}")));
+/// assert_eq!(endpoint("/health").unwrap(), "GET http://10.0.0.1:8080/health");
+/// ```
 pub type Endpoint<Req, Resp> =
     Arc<dyn Fn(Req) -> std::result::Result<Resp, BoxError> + Send + Sync>;
 
 /// Picks one endpoint (go-kit's `lb.Balancer`).
+///
+/// [`RoundRobin`] and [`Random`] pick from an [`Endpointer`]; implement it
+/// yourself for any other source, e.g. a fixed list, and [`retry`] works the
+/// same over it:
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use etcd_sd::lb::Balancer;
+/// use etcd_sd::{Error, ErrorKind};
+///
+/// /// Round robin over a fixed list.
+/// struct Fixed(Vec<String>, AtomicUsize);
+///
+/// impl Balancer<String> for Fixed {
+///     fn endpoint(&self) -> etcd_sd::Result<String> {
+///         if self.0.is_empty() {
+///             return Err(Error::new(ErrorKind::NoEndpoints, "empty list"));
+///         }
+///         let i = self.1.fetch_add(1, Ordering::Relaxed) % self.0.len();
+///         Ok(self.0[i].clone())
+///     }
+/// }
+///
+/// let b = Fixed(vec!["a:1".into(), "b:1".into()], AtomicUsize::new(0));
+/// assert_eq!([b.endpoint()?, b.endpoint()?, b.endpoint()?], ["a:1", "b:1", "a:1"]);
+/// let empty = Fixed(Vec::new(), AtomicUsize::new(0));
+/// assert_eq!(empty.endpoint().unwrap_err().kind(), ErrorKind::NoEndpoints);
+/// # Ok::<(), etcd_sd::Error>(())
+/// ```
 pub trait Balancer<E> {
     /// One endpoint for one call.
     ///

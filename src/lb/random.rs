@@ -27,6 +27,7 @@ const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 /// let endpointer = Endpointer::new(&instancer, |i: &str| Ok((i.to_string(), None)), EndpointerOptions::default());
 /// let balancer = Random::new(endpointer, 42);
 /// let url: String = balancer.endpoint()?;
+/// println!("calling {url}");
 /// # Ok::<(), etcd_sd::Error>(())
 /// ```
 pub struct Random<E> {

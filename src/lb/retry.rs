@@ -27,6 +27,28 @@ type Callback = dyn Fn(usize, &BoxError) -> (bool, Option<BoxError>) + Send + Sy
 /// acts as 1).
 ///
 /// See [`Retry::call`] for the errors.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use etcd_sd::lb::{retry, Balancer, Endpoint};
+///
+/// // Two endpoints in turn: the first always fails, the second answers.
+/// struct Two(AtomicUsize);
+/// impl Balancer<Endpoint<u32, u32>> for Two {
+///     fn endpoint(&self) -> etcd_sd::Result<Endpoint<u32, u32>> {
+///         Ok(if self.0.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+///             Arc::new(|_| Err("connection refused".into()))
+///         } else {
+///             Arc::new(|n| Ok(n * 2))
+///         })
+///     }
+/// }
+///
+/// let r = retry(3, Duration::from_secs(1), Two(AtomicUsize::new(0)));
+/// assert_eq!(r.call(21).unwrap(), 42); // the second attempt succeeded
+/// ```
 pub fn retry<B>(max: usize, timeout: Duration, balancer: B) -> Retry<B> {
     retry_with_callback(timeout, balancer, move |attempt, _| (attempt < max, None))
 }
@@ -42,7 +64,6 @@ pub fn retry<B>(max: usize, timeout: Duration, balancer: B) -> Retry<B> {
 /// ```
 /// use std::time::Duration;
 /// use etcd_sd::lb::{retry_with_callback, Balancer, Endpoint};
-/// use etcd_sd::{Error, ErrorKind};
 ///
 /// // A balancer with one endpoint that always fails.
 /// struct Failing;

@@ -22,6 +22,7 @@ use crate::sd::Endpointer;
 /// let endpointer = Endpointer::new(&instancer, |i: &str| Ok((i.to_string(), None)), EndpointerOptions::default());
 /// let balancer = RoundRobin::new(endpointer);
 /// let url: String = balancer.endpoint()?; // NoEndpoints when there is none
+/// println!("calling {url}");
 /// # Ok::<(), etcd_sd::Error>(())
 /// ```
 pub struct RoundRobin<E> {

@@ -32,7 +32,21 @@ use std::time::Duration;
 pub use endpointer::Endpointer;
 
 /// Releases what an endpoint holds (go-kit's `io.Closer`): run once, when its
-/// instance goes away or the [`Endpointer`] closes.
+/// instance goes away or the [`Endpointer`] closes, on the thread that
+/// applies the change (usually the client's dispatcher thread). A closer that
+/// panics is caught and logged.
+///
+/// ```
+/// use std::net::TcpStream;
+/// use etcd_sd::sd::Closer;
+///
+/// fn closer_for(conn: TcpStream) -> Closer {
+///     Box::new(move || {
+///         let _ = conn.shutdown(std::net::Shutdown::Both);
+///     })
+/// }
+/// # let _ = closer_for;
+/// ```
 pub type Closer = Box<dyn FnOnce() + Send>;
 
 /// How an [`Endpointer`] treats discovery errors (go-kit's
@@ -45,6 +59,14 @@ pub struct EndpointerOptions {
     /// * `Some(t)`: keep serving the last endpoints for `t`; if no good update
     ///   arrives by then, [`Endpointer::endpoints`] returns that error and
     ///   every closer runs. A later good update builds the endpoints again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use etcd_sd::sd::EndpointerOptions;
+    /// // Give up on the old endpoints after 30 s of etcd being unreachable.
+    /// let options = EndpointerOptions { invalidate_on_error: Some(Duration::from_secs(30)) };
+    /// # let _ = options;
+    /// ```
     pub invalidate_on_error: Option<Duration>,
 }
 
