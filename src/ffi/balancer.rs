@@ -12,7 +12,7 @@ use super::instancer::InstancerHandle;
 use super::strings::to_c_string;
 use super::{
     etcd_sd_instancer, etcd_sd_status, fail, ffi_boundary, free_box, set_last_error,
-    to_boxed_mut_ptr, try_out, try_ref, Context, ETCD_SD_ERR_BUFFER_TOO_SMALL,
+    to_boxed_mut_ptr, try_out, try_ref, try_status, Context, ETCD_SD_ERR_BUFFER_TOO_SMALL,
     ETCD_SD_ERR_UNAVAILABLE, ETCD_SD_OK,
 };
 use crate::lb::{self, Balancer, Endpoint};
@@ -113,9 +113,7 @@ pub extern "C" fn etcd_sd_balancer_round_robin(
     ffi_boundary! {
         let out = try_out!(out);
         let i = try_ref!(i);
-        if let Err(status) = i.check_open() {
-            return status;
-        }
+        try_status!(i.check_open());
         let handle = BalancerHandle::new(i, lb::RoundRobin::new);
         *out = to_boxed_mut_ptr::<etcd_sd_balancer>(handle);
         ETCD_SD_OK
@@ -137,9 +135,7 @@ pub extern "C" fn etcd_sd_balancer_random(
     ffi_boundary! {
         let out = try_out!(out);
         let i = try_ref!(i);
-        if let Err(status) = i.check_open() {
-            return status;
-        }
+        try_status!(i.check_open());
         let handle = BalancerHandle::new(i, |e| lb::Random::new(e, seed));
         *out = to_boxed_mut_ptr::<etcd_sd_balancer>(handle);
         ETCD_SD_OK

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use super::event::EventHandle;
 use super::{
     as_const_ptr, etcd_sd_client, etcd_sd_event, etcd_sd_status, fail, ffi_boundary, free_box,
-    set_last_error, to_boxed_mut_ptr, try_out, try_ref, try_str, Context, ETCD_SD_ERR_CLOSED,
-    ETCD_SD_ERR_TIMEOUT, ETCD_SD_NODATA, ETCD_SD_OK,
+    set_last_error, to_boxed_mut_ptr, try_out, try_ref, try_status, try_str, Context,
+    ETCD_SD_ERR_CLOSED, ETCD_SD_ERR_TIMEOUT, ETCD_SD_NODATA, ETCD_SD_OK,
 };
 use parking_lot::Mutex;
 
@@ -248,9 +248,7 @@ pub extern "C" fn etcd_sd_instancer_on_update(
         let Some(call) = call else {
             return super::invalid_null("call");
         };
-        if let Err(status) = i.check_open() {
-            return status;
-        }
+        try_status!(i.check_open());
         let callback = CCallback { call, guard };
         // The callback may run on the dispatcher before `on_update` returns
         // and free the handle as its last use of it: from here on only these
@@ -282,9 +280,7 @@ pub extern "C" fn etcd_sd_instancer_remove_callback(
 ) -> etcd_sd_status {
     ffi_boundary! {
         let i = try_ref!(i);
-        if let Err(status) = i.check_open() {
-            return status;
-        }
+        try_status!(i.check_open());
         i.remove_callback(id);
         ETCD_SD_OK
     }
@@ -306,9 +302,7 @@ pub extern "C" fn etcd_sd_instancer_subscribe(
     ffi_boundary! {
         let out = try_out!(out);
         let i = try_ref!(i);
-        if let Err(status) = i.check_open() {
-            return status;
-        }
+        try_status!(i.check_open());
         *out = to_boxed_mut_ptr::<etcd_sd_subscription>(i.inner.subscribe());
         ETCD_SD_OK
     }

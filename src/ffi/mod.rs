@@ -266,6 +266,16 @@ macro_rules! try_ref {
     };
 }
 
+/// Unwraps a `Result<T, etcd_sd_status>`, returning the status on `Err`.
+macro_rules! try_status {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(status) => return status,
+        }
+    };
+}
+
 /// Reads a string argument as `&str`, or returns [`Fallback::on_invalid`] when
 /// it is NULL or not UTF-8.
 macro_rules! try_str {
@@ -292,7 +302,7 @@ macro_rules! try_out {
     };
 }
 
-pub(crate) use {ffi_boundary, try_out, try_ref, try_str};
+pub(crate) use {ffi_boundary, try_out, try_ref, try_status, try_str};
 
 /// Clears a non-NULL out-pointer to `empty` and lends it out.
 pub(crate) fn out_ptr<'a, T>(ptr: *mut T, empty: T) -> Option<&'a mut T> {
