@@ -6,9 +6,20 @@
 //! that prints the report without writing it.
 //!
 //! Each run starts its own etcd on 127.0.0.1 (binary from `ETCD_BIN`).
+//! Sections 4 (load balancing) and 5 (the C API) live in `benches/bench/`,
+//! as does the SVG latency chart that full runs write to `docs/latency.svg`.
+//! `BENCH_ONLY=lb,ffi` runs only the named sections (`propagation`, `scale`,
+//! `registrations`, `lb`, `ffi`), e.g. under `perf`, and writes nothing.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "bench/chart.rs"]
+mod chart;
+#[path = "bench/ffi.rs"]
+mod ffi;
+#[path = "bench/lb.rs"]
+mod lb;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -22,6 +33,8 @@ const WAIT: Duration = Duration::from_secs(10);
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is read from the command line.
     let quick = std::env::var_os("BENCH_QUICK").is_some_and(|v| v == "1");
+    let started = Instant::now();
+    let load_start = load_average();
     let etcd = support::EtcdServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -33,23 +46,65 @@ fn main() {
         .expect("raw etcd-client connects");
     let mut report = Report::new(quick, &etcd);
 
-    let ops = if quick { 100 } else { 500 };
-    propagation(&rt, &raw, &etcd, ops, &mut report);
+    // `BENCH_ONLY=lb,ffi` (any of propagation, scale, registrations, lb, ffi)
+    // runs only those sections, e.g. under a profiler; nothing is written then.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let run = |section: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|s| s == section))
+    };
+
+    let ops = if quick { 100 } else { 2_000 };
+    let latencies = run("propagation").then(|| propagation(&rt, &raw, &etcd, ops, &mut report));
     let sizes: &[usize] = if quick {
         &[100, 1_000]
     } else {
-        &[100, 1_000, 10_000]
+        &[100, 1_000, 10_000, 100_000]
     };
     let churn = if quick { 200 } else { 1_000 };
-    scale(&rt, &raw, &etcd, sizes, churn, &mut report);
-    registrations(&etcd, if quick { 100 } else { 1_000 }, &mut report);
+    if run("scale") {
+        scale(&rt, &raw, &etcd, sizes, churn, &mut report);
+    }
+    if run("registrations") {
+        registrations(&etcd, if quick { 100 } else { 1_000 }, &mut report);
+    }
+    if run("lb") {
+        lb::load_balancing(&rt, &raw, &etcd, quick, &mut report);
+    }
+    if run("ffi") {
+        ffi::ffi(&rt, &raw, &etcd, quick, &mut report);
+    }
 
-    let text = report.finish();
+    let text = report.finish(started.elapsed(), &load_start, &load_average());
     println!("{text}");
-    if !quick {
+    if let (false, None, Some(latencies)) = (quick, &only, latencies) {
         std::fs::write("BENCHMARKS.md", &text).expect("write BENCHMARKS.md");
         eprintln!("wrote BENCHMARKS.md");
+        let svg = chart::cdf_svg(
+            &format!(
+                "Propagation latency: etcd write → subscriber ({} operations each, same process)",
+                latencies.put_ours.0.len()
+            ),
+            &[
+                chart::Series::new("ours: put → Event", &latencies.put_ours.0, 0, false),
+                chart::Series::new("floor: put → raw watch", &latencies.put_floor.0, 0, true),
+                chart::Series::new("ours: delete → Event", &latencies.del_ours.0, 1, false),
+                chart::Series::new("floor: delete → raw watch", &latencies.del_floor.0, 1, true),
+            ],
+        );
+        std::fs::create_dir_all("docs").expect("docs/");
+        std::fs::write("docs/latency.svg", svg).expect("write docs/latency.svg");
+        eprintln!("wrote docs/latency.svg");
     }
+    eprintln!("bench ran for {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// The 1-, 5- and 15-minute load averages, as /proc/loadavg gives them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 // ---------------------------------------------------------------- statistics
@@ -128,7 +183,19 @@ impl Report {
         let _ = writeln!(self.out, "## {title}\n\n{text}");
     }
 
-    fn finish(self) -> String {
+    fn finish(mut self, took: Duration, load_start: &str, load_end: &str) -> String {
+        let _ = writeln!(
+            self.out,
+            "## How this was run\n\n\
+             `make bench` (= `cargo bench --bench bench`) rewrites this file and `docs/latency.svg`; \
+             `make bench-quick` (= `BENCH_QUICK=1 cargo bench --bench bench`) runs smaller sizes and \
+             only prints. Each run starts its own etcd on 127.0.0.1 and talks to nothing else. \
+             This run took {:.0} s (after compiling). Load average (1, 5, 15 min) at the \
+             start: {load_start}; at the end: {load_end}. The machine is shared: other processes \
+             (test suites, builds) may have been running, so treat single-digit-percent \
+             differences as noise.",
+            took.as_secs_f64(),
+        );
         self.out
     }
 }
@@ -205,24 +272,86 @@ fn wait_ours(rx: &cb::Receiver<(Event, Instant)>, pred: impl Fn(&Event) -> bool)
 
 /// CPU time (ns) used so far by this process's threads with the given names.
 fn thread_cpu_ns(names: &[&str]) -> u64 {
-    let mut total = 0;
+    names
+        .iter()
+        .flat_map(|n| tids_named(n))
+        .map(tid_cpu_ns)
+        .sum()
+}
+
+/// Whether a thread's `comm` is `name`: Linux keeps only the first 15 bytes of
+/// a thread's name (`etcd-sd-dispatch` reads `etcd-sd-dispatc`).
+fn is_named(comm: &str, name: &str) -> bool {
+    comm.trim_end_matches('\n') == &name[..name.len().min(15)]
+}
+
+/// The ids of this process's threads whose name is `name`.
+fn tids_named(name: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
+        return Vec::new();
     };
-    for entry in dir.flatten() {
-        let path = entry.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if names.iter().any(|n| comm.trim() == *n) {
-            if let Ok(s) = std::fs::read_to_string(path.join("schedstat")) {
-                total += s
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
+    dir.flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| is_named(&c, name))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The threads that `f` starts (e.g. a Client's runtime and dispatcher), one
+/// per name in `names`, found by comparing the thread lists before and after.
+/// A new thread names itself once it runs, so this waits (bounded) for that.
+fn new_threads<T>(names: &[&str], f: impl FnOnce() -> T) -> (T, Vec<u32>) {
+    let before: Vec<Vec<u32>> = names.iter().map(|n| tids_named(n)).collect();
+    let value = f();
+    let new = |i: usize| -> Vec<u32> {
+        tids_named(names[i])
+            .into_iter()
+            .filter(|t| !before[i].contains(t))
+            .collect()
+    };
+    let named = support::wait_until(WAIT, || (0..names.len()).all(|i| new(i).len() == 1));
+    assert!(named, "expected one new thread named each of {names:?}");
+    (value, (0..names.len()).map(|i| new(i)[0]).collect())
+}
+
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+extern "C" {
+    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+}
+
+/// CPU time (ns) one thread of this process has used so far, from the
+/// kernel's per-thread CPU clock (the clock id glibc's `pthread_getcpuclockid`
+/// builds: `(~tid << 3) | 6`). Unlike /proc schedstat, which is only brought
+/// up to date when the thread is descheduled or at a tick, it is exact even
+/// while the thread runs. Falls back to schedstat; 0 once the thread is gone.
+fn tid_cpu_ns(tid: u32) -> u64 {
+    let clock = ((!(tid as i32)) << 3) | 6;
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; an invalid clock only returns an error.
+    if unsafe { clock_gettime(clock, &mut ts) } == 0 {
+        return ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
     }
-    total
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The calling thread's id.
+fn current_tid() -> u32 {
+    std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+        .expect("/proc/thread-self")
 }
 
 fn rss_mb() -> f64 {
@@ -266,13 +395,21 @@ fn fast_client(etcd: &support::EtcdServer) -> Client {
 
 // ---------------------------------------------------------------- 1. propagation
 
+/// The discovery latencies of section 1, for the chart.
+struct Latencies {
+    put_ours: Samples,
+    put_floor: Samples,
+    del_ours: Samples,
+    del_floor: Samples,
+}
+
 fn propagation(
     rt: &tokio::runtime::Runtime,
     raw: &etcd_client::Client,
     etcd: &support::EtcdServer,
     ops: usize,
     report: &mut Report,
-) {
+) -> Latencies {
     let client = fast_client(etcd);
     let prefix = "/bench/prop/";
     let instancer = Instancer::new(&client, prefix).expect("instancer");
@@ -376,8 +513,15 @@ fn propagation(
          for registration, a plain lease grant + put (and revoke) seen by that watch. \
          Goal: p50 within 1.15× of the floor, p99 within 1.5×.\n",
     );
+    t.push_str("\nThe distribution of the discovery rows (full runs): `docs/latency.svg`.\n");
     report.section("1. Propagation", &t);
     eprintln!("propagation done");
+    Latencies {
+        put_ours,
+        put_floor,
+        del_ours,
+        del_floor,
+    }
 }
 
 // ---------------------------------------------------------------- 2. scale
@@ -414,17 +558,28 @@ fn scale(
     let mut t = String::from(
         "N instances under one prefix, then churn (alternating add and remove) by a plain \
          `etcd-client` writer. CPU is the run time of the `etcd-sd-runtime` and \
-         `etcd-sd-dispatch` threads per update (from /proc schedstat). Bytes are what etcd \
-         sent to all gRPC clients per update (the writer's small replies included). \
+         `etcd-sd-dispatch` threads per update (from the kernel's per-thread CPU clocks). \
+         Bytes are what etcd sent to all gRPC clients per update (the writer's small replies included). \
          Ranges are etcd's Range RPCs per update after start-up.\n\n\
          | N | subscribers | first Event (ms) | update p50 (µs) | update p99 (µs) | CPU/update (µs) | bytes/update | Ranges/update | RSS (MB) |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
     let mut kv = raw.kv_client();
     for &n in sizes {
-        for subs in [1usize, 10] {
+        // N = 100,000 (full runs): one subscriber and fewer updates.
+        let (subscribers, churn) = if n >= 100_000 {
+            (&[1usize][..], churn.min(200))
+        } else {
+            (&[1usize, 10][..], churn)
+        };
+        for &subs in subscribers {
             let prefix = format!("/bench/scale{n}s{subs}/");
+            let t_pop = Instant::now();
             populate(rt, raw, &prefix, n);
+            eprintln!(
+                "populated {n} keys in {:.1} s",
+                t_pop.elapsed().as_secs_f64()
+            );
             let client = fast_client(etcd);
             let t0 = Instant::now();
             let instancer = Instancer::new(&client, &prefix).expect("instancer");
@@ -501,9 +656,34 @@ fn scale(
     t.push_str(
         "\nGoals at N = 10,000: zero Range RPCs per change, CPU ≤ 100 µs per update with one \
          subscriber and ≤ 150 µs with ten, ≤ 2 KB received per update, first Event ≤ 30 ms, \
-         RSS ≤ 40 MB. For context, go-kit's sd/etcdv3 re-reads the whole prefix on every change.\n",
+         RSS ≤ 40 MB. For context, go-kit's sd/etcdv3 re-reads the whole prefix on every change.\n\n\
+         The N = 100,000 row (full runs only, 200 updates) checks the paginated first read: \
+         \"first Event\" is from `Instancer::new` to the first Event holding all 100,000 \
+         instances. RSS is that of the whole benchmark process (etcd runs in its own), \
+         read after each row; memory freed by earlier rows may not be returned to the OS. \
+         After this section etcd's history is compacted, so that the 100,000 deleted keys \
+         do not slow etcd down in the sections that follow.\n",
     );
     report.section("2. Scale", &t);
+    // The rows above leave etcd with every deleted key still in its index (no
+    // compaction). With the 100,000 row, etcd's Go GC then dominates its CPU
+    // in about half the runs and the 1,000 registrations of section 3 take
+    // 3-7 s instead of 0.3-0.7 s. Compacting it away keeps sections apart.
+    compact(rt, raw);
+}
+
+/// Compacts etcd's history up to now (physically), so that later sections
+/// start from a small index.
+fn compact(rt: &tokio::runtime::Runtime, raw: &etcd_client::Client) {
+    let mut kv = raw.kv_client();
+    let rev = rt
+        .block_on(kv.get("/bench/", None))
+        .expect("get")
+        .header()
+        .map(|h| h.revision())
+        .unwrap_or(0);
+    let opts = etcd_client::CompactionOptions::new().with_physical();
+    rt.block_on(kv.compact(rev, Some(opts))).expect("compact");
 }
 
 // ---------------------------------------------------------------- 3. registrations
@@ -536,6 +716,11 @@ fn registrations(etcd: &support::EtcdServer, n: usize, report: &mut Report) {
         }
     });
     let all_registered = t0.elapsed();
+    // The 8 registering threads are joined, but the kernel may list them for
+    // a moment longer: let that settle (bounded) before counting.
+    support::wait_until(Duration::from_secs(2), || {
+        support::thread_count() <= threads_client
+    });
     let threads_all = support::thread_count();
     let ka0 = metric(etcd, "grpc_server_msg_received_total", &["LeaseKeepAlive"]);
     let cpu0 = thread_cpu_ns(&["etcd-sd-runtime", "etcd-sd-dispatch"]);
