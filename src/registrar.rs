@@ -447,10 +447,19 @@ impl Task {
             };
             // Keep alive until lost.
             let id = lease.expect("registered with a lease");
+            // The streams live out here so that a deregister revokes the
+            // lease before they are torn down (closing them first would put
+            // their RST_STREAM frames ahead of the revoke on the connection).
+            let mut streams = Streams::default();
             let loss = tokio::select! {
-                l = keep_alive(&ctx, &self.service.key, id, ttl, revision) => l,
-                c = self.control.recv() => return self.finish(&ctx, c, lease).await,
+                l = keep_alive(&ctx, &self.service.key, id, ttl, revision, &mut streams) => l,
+                c = self.control.recv() => {
+                    self.finish(&ctx, c, lease).await;
+                    drop(streams);
+                    return;
+                }
             };
+            drop(streams);
             let error = match loss {
                 Loss::Lease(e) => {
                     lease = None;
@@ -554,11 +563,25 @@ async fn establish(
 /// Keeps `lease` alive at the heartbeat and watches `key` from the revision
 /// after `revision`; returns when the lease or the key is gone, or when no
 /// keep-alive succeeded for a whole ttl (etcd has dropped the lease by then).
-async fn keep_alive(ctx: &Ctx, key: &str, lease: i64, ttl: TtlOption, revision: i64) -> Loss {
+/// The keep-alive stream and the own-key watch of one registration.
+#[derive(Default)]
+struct Streams {
+    keeper: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+    watch: Option<etcd_client::WatchStream>,
+}
+
+async fn keep_alive(
+    ctx: &Ctx,
+    key: &str,
+    lease: i64,
+    ttl: TtlOption,
+    revision: i64,
+    streams: &mut Streams,
+) -> Loss {
     use etcd_client::{EventType, WatchOptions};
     let heartbeat = ttl.heartbeat();
     let mut last_ok = tokio::time::Instant::now();
-    let mut keeper: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> = None;
+    let Streams { keeper, watch } = streams;
     let mut watched_rev = revision;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -584,21 +607,21 @@ async fn keep_alive(ctx: &Ctx, key: &str, lease: i64, ttl: TtlOption, revision: 
             }
         }
     };
-    let mut watch: Option<etcd_client::WatchStream> = open_watch(watched_rev).await;
+    *watch = open_watch(watched_rev).await;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 if watch.is_none() {
-                    watch = open_watch(watched_rev).await;
+                    *watch = open_watch(watched_rev).await;
                 }
                 if last_ok.elapsed() >= ttl.ttl() {
                     return Loss::Silent(Error::new(ErrorKind::Unavailable,
                         format!("no keep-alive answered for {:?} (the ttl)", ttl.ttl())));
                 }
-                match &mut keeper {
+                match keeper {
                     Some((k, _)) => {
                         if k.keep_alive().await.is_err() {
-                            keeper = None;
+                            *keeper = None;
                         }
                     }
                     None => {
@@ -607,7 +630,7 @@ async fn keep_alive(ctx: &Ctx, key: &str, lease: i64, ttl: TtlOption, revision: 
                             Ok(Ok(pair)) => {
                                 // Opening sends and answers the first keep-alive.
                                 last_ok = tokio::time::Instant::now();
-                                keeper = Some(pair);
+                                *keeper = Some(pair);
                             }
                             Ok(Err(etcd_client::Error::LeaseKeepAliveError(msg))) if msg.contains("not found") => {
                                 return Loss::Lease(Error::new(ErrorKind::Etcd, "lease expired or revoked"));
@@ -624,17 +647,17 @@ async fn keep_alive(ctx: &Ctx, key: &str, lease: i64, ttl: TtlOption, revision: 
                     }
                 }
             }
-            msg = next_keep_alive(&mut keeper) => match msg {
+            msg = next_keep_alive(keeper) => match msg {
                 Ok(Some(resp)) if resp.ttl() <= 0 => {
                     return Loss::Lease(Error::new(ErrorKind::Etcd, "lease expired or revoked"));
                 }
                 Ok(Some(_)) => last_ok = tokio::time::Instant::now(),
-                Ok(None) | Err(_) => keeper = None,
+                Ok(None) | Err(_) => *keeper = None,
             },
-            msg = next_watch(&mut watch) => match msg {
+            msg = next_watch(watch) => match msg {
                 Ok(Some(resp)) => {
                     if resp.canceled() {
-                        watch = None;
+                        *watch = None;
                         // An expired auth token cancels watches; refresh it
                         // before the next heartbeat reopens this one.
                         ctx.refresh_auth(&from_cancel_reason(resp.cancel_reason())).await;
@@ -673,7 +696,7 @@ async fn keep_alive(ctx: &Ctx, key: &str, lease: i64, ttl: TtlOption, revision: 
                         }
                     }
                 }
-                Ok(None) | Err(_) => watch = None,
+                Ok(None) | Err(_) => *watch = None,
             },
         }
     }
