@@ -20,6 +20,7 @@ use crate::client::Client;
 use crate::dispatch::Topic;
 use crate::error::{from_cancel_reason, from_etcd, Error, ErrorKind, Result};
 use crate::instances::{Event, Instances};
+use crate::name::Name;
 use crate::runtime::{read_prefix, wait_reply, Command, Core, Ctx, Reply};
 
 const LOG: &str = "etcd_sd::instancer";
@@ -283,12 +284,13 @@ impl Drop for Instancer {
 
 /// The set of values under the prefix, kept up to date change by change:
 /// key → value, value → number of keys holding it, and the visible set of
-/// distinct values (copy-on-write chunks, so a snapshot is O(1)).
+/// distinct values (copy-on-write chunks, so a snapshot is O(1)). Each
+/// distinct value is one shared [`Name`], whoever holds it.
 #[derive(Default)]
 struct View {
-    by_key: HashMap<String, Arc<str>>,
-    counts: HashMap<Arc<str>, usize>,
-    set: SortedChunks,
+    by_key: HashMap<String, Name>,
+    counts: HashMap<Name, usize>,
+    set: SortedChunks<Name>,
 }
 
 impl View {
@@ -296,10 +298,7 @@ impl View {
         self.by_key.clear();
         self.counts.clear();
         for (k, v) in kvs {
-            let value: Arc<str> = match self.counts.get_key_value(v.as_str()) {
-                Some((shared, _)) => shared.clone(),
-                None => Arc::from(v),
-            };
+            let value = self.shared(&v);
             *self.counts.entry(value.clone()).or_insert(0) += 1;
             if let Some(old) = self.by_key.insert(k, value) {
                 if let Some(c) = self.counts.get_mut(&old) {
@@ -310,22 +309,27 @@ impl View {
                 }
             }
         }
-        let mut values: Vec<Arc<str>> = self.counts.keys().cloned().collect();
+        let mut values: Vec<Name> = self.counts.keys().cloned().collect();
         values.sort_unstable();
         self.set = SortedChunks::from_sorted(values);
+    }
+
+    /// The `Name` of `value`: the one already held, or a new one.
+    fn shared(&self, value: &str) -> Name {
+        match self.counts.get_key_value(value) {
+            Some((shared, _)) => shared.clone(),
+            None => Name::new(value),
+        }
     }
 
     /// Applies a put; true when the visible set changed.
     fn put(&mut self, key: String, value: &str) -> bool {
         if let Some(old) = self.by_key.get(&key) {
-            if &**old == value {
+            if old.as_str() == value {
                 return false;
             }
         }
-        let value: Arc<str> = match self.counts.get_key_value(value) {
-            Some((shared, _)) => shared.clone(),
-            None => Arc::from(value),
-        };
+        let value = self.shared(value);
         let mut changed = false;
         if let Some(old) = self.by_key.insert(key, value.clone()) {
             changed |= self.dec(&old);
@@ -347,7 +351,7 @@ impl View {
         }
     }
 
-    fn dec(&mut self, value: &Arc<str>) -> bool {
+    fn dec(&mut self, value: &Name) -> bool {
         match self.counts.get_mut(value) {
             Some(c) if *c > 1 => {
                 *c -= 1;
@@ -355,7 +359,7 @@ impl View {
             }
             Some(_) => {
                 self.counts.remove(value);
-                self.set.remove(value);
+                self.set.remove(value.as_str());
                 true
             }
             None => false,

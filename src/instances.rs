@@ -1,10 +1,11 @@
 //! [`Instances`], the immutable snapshot every subscriber of one update shares,
 //! and [`Event`], what subscribers receive.
 
+use std::ffi::c_char;
 use std::fmt;
-use std::sync::Arc;
 
-use crate::chunks::{Iter, SortedChunks};
+use crate::chunks::{self, SortedChunks};
+use crate::name::Name;
 use crate::Error;
 
 /// An immutable, sorted, de-duplicated snapshot of instance strings, shared by
@@ -28,13 +29,18 @@ use crate::Error;
 /// costs about the same at 100 or 100,000 instances.
 #[derive(Clone, Default)]
 pub struct Instances {
-    set: SortedChunks,
+    set: SortedChunks<Name>,
 }
 
 impl Instances {
     /// Wraps a set; the watcher's way of making a snapshot (O(1)).
-    pub(crate) fn from_set(set: SortedChunks) -> Instances {
+    pub(crate) fn from_set(set: SortedChunks<Name>) -> Instances {
         Instances { set }
+    }
+
+    /// The set inside, for comparing snapshots chunk by chunk.
+    pub(crate) fn set(&self) -> &SortedChunks<Name> {
+        &self.set
     }
 
     /// Number of instances.
@@ -49,12 +55,18 @@ impl Instances {
 
     /// The `i`-th instance in sorted order, in O(log n).
     pub fn get(&self, i: usize) -> Option<&str> {
-        self.set.get(i)
+        self.set.get(i).map(Name::as_str)
+    }
+
+    /// The `i`-th instance as a NUL-terminated C string, valid as long as
+    /// this snapshot (or a clone) lives: the C API lends it without a copy.
+    pub(crate) fn c_str(&self, i: usize) -> Option<*const c_char> {
+        self.set.get(i).map(Name::as_c_ptr)
     }
 
     /// The instances in sorted order.
     pub fn iter(&self) -> Iter<'_> {
-        self.set.iter()
+        Iter(self.set.iter())
     }
 
     /// Whether `instance` is in the snapshot, in O(log n).
@@ -72,7 +84,7 @@ impl Instances {
 impl<S: AsRef<str>> FromIterator<S> for Instances {
     /// Sorts and de-duplicates.
     fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Instances {
-        let mut v: Vec<Arc<str>> = iter.into_iter().map(|s| Arc::from(s.as_ref())).collect();
+        let mut v: Vec<Name> = iter.into_iter().map(|s| Name::new(s.as_ref())).collect();
         v.sort_unstable();
         v.dedup();
         Instances::from_set(SortedChunks::from_sorted(v))
@@ -98,9 +110,29 @@ impl<'a> IntoIterator for &'a Instances {
     type IntoIter = Iter<'a>;
 
     fn into_iter(self) -> Iter<'a> {
-        self.set.iter()
+        self.iter()
     }
 }
+
+/// Iterator over the instances of an [`Instances`], in sorted order.
+#[derive(Clone, Debug)]
+pub struct Iter<'a>(chunks::Iter<'a, Name>);
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        self.0.next().map(Name::as_str)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+impl std::iter::FusedIterator for Iter<'_> {}
 
 /// One discovery update (go-kit's `sd.Event`): the full set of instances, and
 /// an error while etcd cannot be watched.

@@ -214,6 +214,7 @@ mod ffi;
 mod instancer;
 mod instances;
 pub mod lb;
+mod name;
 mod options;
 mod registrar;
 mod runtime;
@@ -223,11 +224,10 @@ mod watch_prefix;
 /// The channels updates arrive on: a re-export of `crossbeam_channel`.
 pub use crossbeam_channel as channel;
 
-pub use chunks::Iter;
 pub use client::Client;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use instancer::{CallbackId, Instancer};
-pub use instances::{Event, Instances};
+pub use instances::{Event, Instances, Iter};
 pub use options::{ClientOptions, Service, TtlOption};
 pub use registrar::{Registrar, RegistrationEvent, RegistrationState};
 

@@ -226,9 +226,9 @@ pub(crate) fn ffi(
          each row) before the next. In the \"count\" phase every consumer reads only the \
          instance count: the cost of delivery alone. Then one \"all\" phase per consumer, in \
          which that consumer alone also reads every instance string (what a real consumer \
-         does; in C, `etcd_sd_event_instance` makes the library build a NUL-terminated copy of \
-         every string of the event, once per event handle) while the others read the count, \
-         so that its copying does not hold the others up.\n\n\
+         does: in Rust by iterating `event.instances`, in C by one `etcd_sd_event_instance` call \
+         per string, which lends the library's own NUL-terminated copy without making a new one) \
+         while the others read the count, so that its reading does not hold the others up.\n\n\
          Latency is from the start of the write to the consumer having read the event. \
          \"CPU/event\" is the CPU time (the kernel's per-thread CPU clock) per event of the \
          thread that delivers to that consumer: the client's dispatcher thread for callbacks \
@@ -345,7 +345,7 @@ fn run_size(
     let mut kv = raw.kv_client();
 
     // One phase where every consumer reads only the count, then one per
-    // consumer where it alone reads every string (so that its copying does
+    // consumer where it alone reads every string (so that its reading does
     // not slow the others down on this small machine).
     let phases: [(u8, &[usize]); 5] = [
         (0, &[RUST_CALLBACK, C_CALLBACK, RUST_CHANNEL, C_POLL]),

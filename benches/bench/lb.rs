@@ -292,8 +292,8 @@ fn updates(
         "\n`sd::Endpointer` update cost. Three callbacks on one Instancer, called in this order \
          on the client's dispatcher thread for every update: a timestamp (\"before\"), the \
          Endpointer's, a timestamp (\"after\"). \"Endpointer update\" is after − before: the \
-         time the Endpointer takes to bring its endpoints in line with the new set (reuse the \
-         kept ones, make the new one, publish). \"put → endpoints()\" is from the start of a \
+         time the Endpointer takes to bring its endpoints in line with the new set (find what \
+         changed, make or close the endpoint, publish the new list). \"put → endpoints()\" is from the start of a \
          plain `etcd-client` put/delete to \"after\", when `endpoints()` already returns the new \
          set (checked after each update, outside the timing). Dispatcher CPU is the CPU \
          time of that client's `etcd-sd-dispatch` thread per update, with the Endpointer \

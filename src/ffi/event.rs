@@ -1,30 +1,24 @@
 //! `etcd_sd_event`: one discovery update, owned (from `recv`) or lent (to a
 //! callback).
 
-use std::ffi::{c_char, CString};
-use std::sync::OnceLock;
+use std::ffi::c_char;
 
-use super::strings::to_c_string;
 use super::{etcd_sd_status, fail, ffi_boundary, set_last_error, take_box, try_ref, ETCD_SD_OK};
 use crate::Event;
 
-/// What an `etcd_sd_event` points at: the Rust event, its instances as C
-/// strings (made on first use, then kept) and whether C owns it.
+/// What an `etcd_sd_event` points at: the Rust event and whether C owns it.
+/// The instance strings are lent to C in place: each is stored with a NUL
+/// after it, so an event costs no copy however many instances it holds.
 #[derive(Debug)]
 pub(crate) struct EventHandle {
     event: Event,
-    c_strings: OnceLock<Box<[CString]>>,
     owned: bool,
 }
 
 impl EventHandle {
     /// An event for C to own and free (from `recv`).
     pub(crate) fn owned(event: Event) -> EventHandle {
-        EventHandle {
-            event,
-            c_strings: OnceLock::new(),
-            owned: true,
-        }
+        EventHandle { event, owned: true }
     }
 
     /// An event lent to a callback for the duration of the call.
@@ -39,10 +33,9 @@ impl EventHandle {
         self.event.instances.len()
     }
 
-    pub(crate) fn instance(&self, i: usize) -> Option<&CString> {
-        self.c_strings
-            .get_or_init(|| self.event.instances.iter().map(to_c_string).collect())
-            .get(i)
+    /// The `i`-th instance as a C string, alive as long as the event.
+    pub(crate) fn instance(&self, i: usize) -> Option<*const c_char> {
+        self.event.instances.c_str(i)
     }
 
     pub(crate) fn event(&self) -> &Event {
@@ -78,10 +71,7 @@ pub extern "C" fn etcd_sd_event_len(e: *const etcd_sd_event) -> usize {
 pub extern "C" fn etcd_sd_event_instance(e: *const etcd_sd_event, i: usize) -> *const c_char {
     ffi_boundary! {
         let e = try_ref!(e);
-        match e.instance(i) {
-            Some(s) => s.as_ptr(),
-            None => std::ptr::null(),
-        }
+        e.instance(i).unwrap_or(std::ptr::null())
     }
 }
 

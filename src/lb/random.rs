@@ -63,14 +63,7 @@ impl<E> fmt::Debug for Random<E> {
 
 impl<E: Clone + Send + Sync + 'static> Balancer<E> for Random<E> {
     fn endpoint(&self) -> Result<E> {
-        self.endpointer
-            .with_endpoints(|endpoints| {
-                if endpoints.is_empty() {
-                    return None;
-                }
-                Some(endpoints[self.below(endpoints.len())].clone())
-            })?
-            .ok_or_else(|| self.endpointer.no_endpoints())
+        self.endpointer.pick(|n| self.below(n))
     }
 }
 

@@ -51,15 +51,10 @@ impl<E> fmt::Debug for RoundRobin<E> {
 
 impl<E: Clone + Send + Sync + 'static> Balancer<E> for RoundRobin<E> {
     fn endpoint(&self) -> Result<E> {
-        self.endpointer
-            .with_endpoints(|endpoints| {
-                if endpoints.is_empty() {
-                    return None;
-                }
-                let n = self.next.fetch_add(1, Ordering::Relaxed);
-                Some(endpoints[(n % endpoints.len() as u64) as usize].clone())
-            })?
-            .ok_or_else(|| self.endpointer.no_endpoints())
+        self.endpointer.pick(|n| {
+            let turn = self.next.fetch_add(1, Ordering::Relaxed);
+            (turn % n as u64) as usize
+        })
     }
 }
 

@@ -1,12 +1,19 @@
 //! [`Endpointer`]: one endpoint per discovered instance, kept in step with an
 //! [`Instancer`] through a callback on the client's dispatcher thread.
 //!
-//! Two locks, neither held while user code (factory, closer) runs:
-//! * `cache` belongs to the update path: the endpoint of each instance, the
-//!   set they were built from, the error state. An update takes the entries
-//!   out, builds the new set with no lock held and puts it back.
-//! * `view` is what [`Endpointer::endpoints`] reads: an `Arc` of the current
-//!   endpoints and status, swapped by the update path, cloned by readers.
+//! One lock, never held while user code (factory, closer) runs, and never
+//! taken by readers:
+//! * `cache` belongs to the update path: the endpoints, their closers, the
+//!   set they were built from, the error state. An update takes its state
+//!   out, applies the change with no lock held and puts it back.
+//! * `view` is what [`Endpointer::endpoints`] and the balancers read: an
+//!   `ArcSwap` of the current endpoint list and status, replaced whole by the
+//!   update path and loaded by readers without a lock or a shared counter.
+//!
+//! An update is incremental: the new instances are compared with the applied
+//! ones chunk by chunk ([`SortedChunks::diff`]), so only what changed is
+//! looked at, and the endpoint list is copy-on-write, so only the chunk an
+//! instance joins or leaves is copied.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,13 +21,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use super::{Closer, EndpointerOptions};
+use crate::chunks::{Change, Keyed, SortedChunks};
 use crate::dispatch::Topic;
 use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::instancer::Instancer;
 use crate::instances::{Event, Instances};
+use crate::name::Name;
 
 const LOG: &str = "etcd_sd::sd";
 
@@ -92,7 +102,7 @@ impl<E> Clone for Endpointer<E> {
 
 impl<E> fmt::Debug for Endpointer<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let view = self.handle.shared.view.lock().clone();
+        let view = self.handle.shared.view.load();
         f.debug_struct("Endpointer")
             .field("prefix", &self.handle.shared.name)
             .field("endpoints", &view.endpoints.len())
@@ -138,22 +148,56 @@ struct Shared<E> {
     invalidate_after: Option<Duration>,
     clock: Clock,
     cache: Mutex<Cache<E>>,
-    view: Mutex<Arc<View<E>>>,
+    /// What readers load, without a lock: swapped whole by the update path.
+    view: ArcSwap<View<E>>,
 }
 
-struct Entry<E> {
-    endpoint: E,
-    closer: Option<Closer>,
+/// One endpoint in the list readers see, with the instance it was made for.
+#[derive(Clone)]
+pub(crate) struct Slot<E> {
+    instance: Name,
+    pub(crate) endpoint: E,
 }
 
-type Entries<E> = HashMap<String, Entry<E>>;
+impl<E> Keyed for Slot<E> {
+    fn key(&self) -> &str {
+        self.instance.as_str()
+    }
+}
+
+/// The endpoints in instance order, in copy-on-write chunks: an update copies
+/// the chunk it touches, and a reader's snapshot is one `Arc`.
+pub(crate) type EndpointList<E> = SortedChunks<Slot<E>>;
+
+/// What the update path works on; taken out of the [`Cache`] while an update
+/// runs with no lock held.
+struct State<E> {
+    /// The instances `list`, `closers` and `failed` were built from; `None`
+    /// once they were dropped (invalidated), which forces a rebuild.
+    applied: Option<Instances>,
+    /// The endpoints, as readers see them.
+    list: EndpointList<E>,
+    /// The closer of each instance that has an endpoint.
+    closers: HashMap<Name, Option<Closer>>,
+    /// Instances of `applied` whose factory failed: tried again next update.
+    failed: Vec<Name>,
+}
+
+impl<E> Default for State<E> {
+    fn default() -> Self {
+        State {
+            applied: None,
+            list: SortedChunks::default(),
+            closers: HashMap::new(),
+            failed: Vec::new(),
+        }
+    }
+}
 
 struct Cache<E> {
     closed: bool,
-    /// The endpoint of each instance; empty while an update has them out.
-    entries: Entries<E>,
-    /// The instances `entries` were built from; `None` forces a rebuild.
-    applied: Option<Instances>,
+    /// Empty (default) while an update has it out.
+    state: State<E>,
     /// The first discovery error since the last good update, and when it
     /// invalidates the endpoints (only with `invalidate_on_error`).
     failing: Option<(Error, Instant)>,
@@ -163,7 +207,7 @@ struct Cache<E> {
 
 /// What readers see.
 struct View<E> {
-    endpoints: Arc<[E]>,
+    endpoints: EndpointList<E>,
     status: Status,
 }
 
@@ -181,8 +225,12 @@ enum Status {
 }
 
 impl<E> View<E> {
-    fn new(endpoints: Arc<[E]>, status: Status) -> Arc<View<E>> {
+    fn new(endpoints: EndpointList<E>, status: Status) -> Arc<View<E>> {
         Arc::new(View { endpoints, status })
+    }
+
+    fn empty(status: Status) -> Arc<View<E>> {
+        View::new(SortedChunks::default(), status)
     }
 }
 
@@ -245,12 +293,11 @@ impl<E: Clone + Send + Sync + 'static> Endpointer<E> {
             clock,
             cache: Mutex::new(Cache {
                 closed: false,
-                entries: HashMap::new(),
-                applied: None,
+                state: State::default(),
                 failing: None,
                 subscription: None,
             }),
-            view: Mutex::new(View::new(Arc::from(Vec::new()), Status::Good)),
+            view: ArcSwap::new(View::empty(Status::Good)),
         });
         let feed = Feed {
             shared: shared.clone(),
@@ -272,14 +319,14 @@ impl<E: Clone + Send + Sync + 'static> Endpointer<E> {
     ///   `invalidate_on_error: Some(t)`, once discovery has been failing for
     ///   `t`; the first such call also runs every closer.
     pub fn endpoints(&self) -> Result<Vec<E>> {
-        self.with_endpoints(|e| e.to_vec())
+        self.with_endpoints(|list| list.iter().map(|s| s.endpoint.clone()).collect())
     }
 
     /// Runs `f` on the current endpoints (what `endpoints` copies), with no
     /// lock held; for the balancers, which need only one of them.
-    pub(crate) fn with_endpoints<R>(&self, f: impl FnOnce(&[E]) -> R) -> Result<R> {
+    pub(crate) fn with_endpoints<R>(&self, f: impl FnOnce(&EndpointList<E>) -> R) -> Result<R> {
         let shared = &self.handle.shared;
-        let view = shared.view.lock().clone();
+        let view = shared.view.load();
         match &view.status {
             Status::Good => Ok(f(&view.endpoints)),
             Status::Failing { err, until } => {
@@ -295,12 +342,19 @@ impl<E: Clone + Send + Sync + 'static> Endpointer<E> {
         }
     }
 
-    /// The error a balancer reports on an empty set.
-    pub(crate) fn no_endpoints(&self) -> Error {
-        Error::new(
-            ErrorKind::NoEndpoints,
-            format!("none under {}", self.handle.shared.name),
-        )
+    /// One endpoint for a balancer: the one at index `choose(len)` of the
+    /// current list (`len` > 0), or `NoEndpoints` on an empty list.
+    pub(crate) fn pick(&self, choose: impl FnOnce(usize) -> usize) -> Result<E> {
+        self.with_endpoints(|list| match list.len() {
+            0 => None,
+            n => list.get(choose(n) % n).map(|slot| slot.endpoint.clone()),
+        })?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::NoEndpoints,
+                format!("none under {}", self.handle.shared.name),
+            )
+        })
     }
 }
 
@@ -341,84 +395,96 @@ impl<E: Clone + Send + Sync + 'static> Shared<E> {
             .checked_add(after)
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         cache.failing = Some((err.clone(), until));
-        let mut view = self.view.lock();
-        *view = View::new(
-            view.endpoints.clone(),
+        // Only the update path (under `cache`) stores views: no lost update.
+        let endpoints = self.view.load().endpoints.clone();
+        self.view.store(View::new(
+            endpoints,
             Status::Failing {
                 err: err.clone(),
                 until,
             },
-        );
-        drop(view);
+        ));
         drop(cache);
         log::warn!(target: LOG, "{}: discovery failing; endpoints invalidated in {after:?} unless it recovers: {err}", self.name);
     }
 
-    /// A good set of instances: reuse, create and close endpoints to match.
+    /// A good set of instances: keep, create and close endpoints to match.
     fn apply_instances(&self, instances: &Instances) {
-        let old = {
+        let mut state = {
             let mut cache = self.cache.lock();
             if cache.closed {
                 return;
             }
-            if cache.failing.is_none() && cache.applied.as_ref() == Some(instances) {
+            if cache.failing.is_none() && cache.state.applied.as_ref() == Some(instances) {
                 return;
             }
-            std::mem::take(&mut cache.entries)
+            std::mem::take(&mut cache.state)
         };
-        let (entries, endpoints, gone) = self.build(instances, old);
+        let gone = self.build(instances, &mut state);
         let leftover = {
             let mut cache = self.cache.lock();
             if cache.closed {
                 // Closed while we built: the closers are ours to run.
-                Some(entries)
+                Some(state.closers)
             } else {
                 if cache.failing.take().is_some() {
                     log::info!(target: LOG, "{}: discovery recovered", self.name);
                 }
-                cache.entries = entries;
-                cache.applied = Some(instances.clone());
-                *self.view.lock() = View::new(endpoints, Status::Good);
+                self.view.store(View::new(state.list.clone(), Status::Good));
+                cache.state = state;
                 None
             }
         };
         run_closers(&self.name, gone);
-        if let Some(entries) = leftover {
-            run_closers(&self.name, entries);
+        if let Some(closers) = leftover {
+            run_closers(&self.name, closers);
         }
     }
 
-    /// Builds the entries for `instances` from `old`, with no lock held.
-    /// Returns the new entries, the endpoints in instance order, and the old
-    /// entries whose instance is gone.
-    fn build(
-        &self,
-        instances: &Instances,
-        mut old: Entries<E>,
-    ) -> (Entries<E>, Arc<[E]>, Entries<E>) {
-        let mut entries = HashMap::with_capacity(instances.len());
-        let mut endpoints = Vec::with_capacity(instances.len());
-        for instance in instances {
-            if let Some((key, entry)) = old.remove_entry(instance) {
-                endpoints.push(entry.endpoint.clone());
-                entries.insert(key, entry);
-                continue;
+    /// Brings `state` in line with `instances`, with no lock held: walks the
+    /// difference from the applied set, makes endpoints for the new
+    /// instances (and for those whose factory failed before), and returns
+    /// the closers of the instances that went.
+    fn build(&self, instances: &Instances, state: &mut State<E>) -> Vec<(Name, Option<Closer>)> {
+        let old = state.applied.take().unwrap_or_default();
+        let retry = std::mem::take(&mut state.failed);
+        let mut gone = Vec::new();
+        let mut added = Vec::new();
+        SortedChunks::diff(old.set(), instances.set(), |change| {
+            match change {
+                Change::Removed(instance) => {
+                    if let Some(closer) = state.closers.remove(instance.as_str()) {
+                        state.list.remove(instance.as_str());
+                        gone.push((instance.clone(), closer));
+                    }
+                }
+                Change::Added(instance) => added.push(instance.clone()),
             }
-            match catch_unwind(AssertUnwindSafe(|| (self.factory)(instance))) {
+            true
+        });
+        let retry = retry.into_iter().filter(|i| instances.contains(i.as_str()));
+        for instance in added.into_iter().chain(retry) {
+            match catch_unwind(AssertUnwindSafe(|| (self.factory)(instance.as_str()))) {
                 Ok(Ok((endpoint, closer))) => {
                     log::debug!(target: LOG, "{}: endpoint made for {instance:?}", self.name);
-                    endpoints.push(endpoint.clone());
-                    entries.insert(instance.to_owned(), Entry { endpoint, closer });
+                    state.list.insert(Slot {
+                        instance: instance.clone(),
+                        endpoint,
+                    });
+                    state.closers.insert(instance, closer);
                 }
                 Ok(Err(e)) => {
                     log::warn!(target: LOG, "{}: instance {instance:?} skipped: the endpoint factory failed: {e}", self.name);
+                    state.failed.push(instance);
                 }
                 Err(_) => {
                     log::error!(target: LOG, "{}: instance {instance:?} skipped: the endpoint factory panicked", self.name);
+                    state.failed.push(instance);
                 }
             }
         }
-        (entries, endpoints.into(), old)
+        state.applied = Some(instances.clone());
+        gone
     }
 }
 
@@ -435,15 +501,13 @@ impl<E> Shared<E> {
                 Some((err, until)) if (self.clock)() >= *until => err.clone(),
                 _ => return,
             };
-            let mut view = self.view.lock();
-            if matches!(view.status, Status::Invalid(_)) {
+            if matches!(self.view.load().status, Status::Invalid(_)) {
                 return;
             }
-            *view = View::new(Arc::from(Vec::new()), Status::Invalid(err.clone()));
-            drop(view);
-            cache.applied = None;
+            self.view.store(View::empty(Status::Invalid(err.clone())));
             log::warn!(target: LOG, "{}: discovery still failing; endpoints invalidated: {err}", self.name);
-            std::mem::take(&mut cache.entries)
+            // `applied` goes too: the next good update builds from scratch.
+            std::mem::take(&mut cache.state).closers
         };
         run_closers(&self.name, entries);
     }
@@ -456,11 +520,10 @@ impl<E> Shared<E> {
                 return;
             }
             cache.closed = true;
-            cache.applied = None;
             cache.failing = None;
-            *self.view.lock() = View::new(Arc::from(Vec::new()), Status::Closed);
+            self.view.store(View::empty(Status::Closed));
             (
-                std::mem::take(&mut cache.entries),
+                std::mem::take(&mut cache.state).closers,
                 cache.subscription.take(),
             )
         };
@@ -476,10 +539,10 @@ impl<E> Shared<E> {
     }
 }
 
-/// Runs the closers of `entries` (with no lock held), catching panics.
-fn run_closers<E>(name: &str, entries: Entries<E>) {
-    for (instance, entry) in entries {
-        if let Some(closer) = entry.closer {
+/// Runs `closers` (with no lock held), catching panics.
+fn run_closers(name: &str, closers: impl IntoIterator<Item = (Name, Option<Closer>)>) {
+    for (instance, closer) in closers {
+        if let Some(closer) = closer {
             if catch_unwind(AssertUnwindSafe(closer)).is_err() {
                 log::error!(target: LOG, "{name}: the closer of {instance:?} panicked");
             } else {

@@ -344,3 +344,68 @@ fn endpointer_is_clone_send_sync() {
     check::<Endpointer<String>>();
     check::<Endpointer<crate::lb::Endpoint<String, String>>>();
 }
+
+/// Many updates, both as the Instancer makes them (one set changed in place,
+/// so consecutive snapshots share chunks) and as fresh sets (sharing
+/// nothing): the endpoints always match the instances, each arrival makes
+/// exactly one endpoint and each departure runs exactly one closer.
+#[test]
+fn incremental_updates_match_a_model() {
+    use crate::backoff::SplitMix64;
+    use crate::chunks::SortedChunks;
+    use crate::name::Name;
+    use std::collections::BTreeSet;
+
+    let (e, feed, log, _) = endpointer(Default::default());
+    let mut rng = SplitMix64::new(7);
+    let mut set: SortedChunks<Name> = SortedChunks::default();
+    let mut model: BTreeSet<String> = BTreeSet::new();
+    let (mut arrivals, mut departures) = (0, 0);
+    for round in 0..3000 {
+        // A few changes per update, among up to 2,000 instances.
+        let before = model.clone();
+        for _ in 0..=rng.below(3) {
+            let v = format!("10.0.{}.{}:80", rng.below(8), rng.below(250));
+            if rng.below(2) == 0 {
+                if model.remove(&v) {
+                    set.remove(&v);
+                }
+            } else if model.insert(v.clone()) {
+                set.insert(Name::new(&v));
+            }
+        }
+        arrivals += model.difference(&before).count();
+        departures += before.difference(&model).count();
+        let instances = if round % 97 == 0 {
+            // A fresh set, as after a re-read: no chunk shared.
+            model.iter().collect::<Instances>()
+        } else {
+            Instances::from_set(set.clone())
+        };
+        feed.send(&Event {
+            instances,
+            err: None,
+        });
+        if round % 50 == 0 {
+            let want: Vec<String> = model.iter().map(|i| format!("ep:{i}")).collect();
+            assert_eq!(e.endpoints().unwrap(), want, "round {round}");
+        }
+    }
+    let want: Vec<String> = model.iter().map(|i| format!("ep:{i}")).collect();
+    assert_eq!(e.endpoints().unwrap(), want);
+    assert_eq!(log.made().len(), arrivals);
+    assert_eq!(log.closed.lock().unwrap().len(), departures);
+    e.close();
+    assert_eq!(log.closed.lock().unwrap().len(), arrivals);
+}
+
+#[test]
+fn a_failed_instance_that_goes_is_not_retried() {
+    let (e, feed, log, _) = endpointer(Default::default());
+    feed.send(&good(&["a", "bad1"]));
+    feed.send(&good(&["a", "b"])); // bad1 left: not tried again
+    feed.send(&good(&["a", "b", "bad1"])); // back: tried as new
+    assert_eq!(e.endpoints().unwrap(), ["ep:a", "ep:b"]);
+    assert_eq!(log.made(), ["a", "b"]);
+    assert_eq!(log.closed(), Vec::<String>::new());
+}
