@@ -367,26 +367,10 @@ fn rss_mb() -> f64 {
         / 1024.0
 }
 
-/// Sums one counter of etcd's Prometheus metrics over all label sets that
-/// contain every string in `labels`.
+/// Sums one metric of etcd over all label sets that contain every string in
+/// `labels`.
 fn metric(etcd: &support::EtcdServer, name: &str, labels: &[&str]) -> f64 {
-    let url = etcd.endpoint();
-    let text = http_get(&url, "/metrics").unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A minimal HTTP/1.0 GET on loopback.
-fn http_get(hostport: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(hostport).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
+    etcd.metric(name, labels)
 }
 
 fn fast_client(etcd: &support::EtcdServer) -> Client {
@@ -401,6 +385,46 @@ struct Latencies {
     put_floor: Samples,
     del_ours: Samples,
     del_floor: Samples,
+}
+
+/// One `Registrar::register` → Event and `deregister` → Event, for section 1.
+fn registration_ours(
+    client: &Client,
+    ours: &cb::Receiver<(Event, Instant)>,
+    key: &str,
+    value: &str,
+) -> (Duration, Duration) {
+    while ours.try_recv().is_ok() {}
+    let ttl = TtlOption::new(Duration::from_secs(3), Duration::from_secs(10));
+    let registrar = Registrar::new(client, Service::new(key, value).with_ttl(ttl));
+    let t0 = Instant::now();
+    registrar.register().expect("register");
+    let reg = wait_ours(ours, |e| e.instances.contains(value)) - t0;
+    let t0 = Instant::now();
+    registrar.deregister().expect("deregister");
+    let dereg = wait_ours(ours, |e| !e.instances.contains(value)) - t0;
+    (reg, dereg)
+}
+
+/// The floor of [`registration_ours`]: lease grant + put → watch event, and
+/// revoke → watch event, with a plain etcd-client.
+fn registration_floor(
+    rt: &tokio::runtime::Runtime,
+    leases: &mut etcd_client::LeaseClient,
+    kv: &mut etcd_client::KvClient,
+    floor: &cb::Receiver<(String, Instant)>,
+    key: &str,
+    value: &str,
+) -> (Duration, Duration) {
+    let t0 = Instant::now();
+    let lease = rt.block_on(leases.grant(10, None)).expect("grant").id();
+    let opts = etcd_client::PutOptions::new().with_lease(lease);
+    rt.block_on(kv.put(key, value, Some(opts))).expect("put");
+    let reg = wait_raw(floor, key) - t0;
+    let t0 = Instant::now();
+    rt.block_on(leases.revoke(lease)).expect("revoke");
+    let dereg = wait_raw(floor, key) - t0;
+    (reg, dereg)
 }
 
 fn propagation(
@@ -453,31 +477,40 @@ fn propagation(
     let mut leases = raw.lease_client();
     let reg_ops = ops / 2;
     for i in 0..reg_ops {
-        let key = format!("{prefix}r{i}");
+        // Distinct values, so that one side's events never satisfy the other.
         let value = format!("10.1.0.{}:{}", i % 250, 9000 + i);
-        let ttl = TtlOption::new(Duration::from_secs(3), Duration::from_secs(10));
-        let registrar = Registrar::new(&client, Service::new(&key, &value).with_ttl(ttl));
-        let t0 = Instant::now();
-        registrar.register().expect("register");
-        let to = wait_ours(&ours, |e| e.instances.contains(&value));
-        reg_ours.push(to - t0);
-        let t0 = Instant::now();
-        registrar.deregister().expect("deregister");
-        let to = wait_ours(&ours, |e| !e.instances.contains(&value));
-        dereg_ours.push(to - t0);
-
-        let key = format!("{prefix}f{i}");
-        let t0 = Instant::now();
-        let lease = rt.block_on(leases.grant(10, None)).expect("grant").id();
-        let opts = etcd_client::PutOptions::new().with_lease(lease);
-        rt.block_on(kv.put(key.clone(), value.clone(), Some(opts)))
-            .expect("put");
-        let tr = wait_raw(&floor, &key);
-        reg_floor.push(tr - t0);
-        let t0 = Instant::now();
-        rt.block_on(leases.revoke(lease)).expect("revoke");
-        let tr = wait_raw(&floor, &key);
-        dereg_floor.push(tr - t0);
+        let value_f = format!("10.2.0.{}:{}", i % 250, 9000 + i);
+        // Ours and the floor take turns going first, so that neither gains
+        // from what the other just did to etcd.
+        if i % 2 == 0 {
+            let (reg, dereg) = registration_ours(&client, &ours, &format!("{prefix}r{i}"), &value);
+            let (reg_f, dereg_f) = registration_floor(
+                rt,
+                &mut leases,
+                &mut kv,
+                &floor,
+                &format!("{prefix}f{i}"),
+                &value_f,
+            );
+            reg_ours.push(reg);
+            dereg_ours.push(dereg);
+            reg_floor.push(reg_f);
+            dereg_floor.push(dereg_f);
+        } else {
+            let (reg_f, dereg_f) = registration_floor(
+                rt,
+                &mut leases,
+                &mut kv,
+                &floor,
+                &format!("{prefix}f{i}"),
+                &value_f,
+            );
+            let (reg, dereg) = registration_ours(&client, &ours, &format!("{prefix}r{i}"), &value);
+            reg_ours.push(reg);
+            dereg_ours.push(dereg);
+            reg_floor.push(reg_f);
+            dereg_floor.push(dereg_f);
+        }
         // Our own events for the floor's keys: value is the same, so the set
         // changes; drain them.
         while ours.try_recv().is_ok() {}

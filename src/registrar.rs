@@ -428,13 +428,13 @@ impl Task {
                 r = attempt => r,
                 c = self.control.recv() => return self.finish(&ctx, c, lease).await,
             };
-            let revision = match outcome {
-                Ok((id, revision)) => {
+            let (revision, watch) = match outcome {
+                Ok((id, revision, watch)) => {
                     lease = Some(id);
                     backoff.reset();
                     self.shared
                         .set(Some(self.epoch), RegistrationState::Registered, lease, None);
-                    revision
+                    (revision, watch)
                 }
                 Err((e, known_lease)) => {
                     lease = known_lease;
@@ -450,7 +450,10 @@ impl Task {
             // The streams live out here so that a deregister revokes the
             // lease before they are torn down (closing them first would put
             // their RST_STREAM frames ahead of the revoke on the connection).
-            let mut streams = Streams::default();
+            let mut streams = Streams {
+                keeper: None,
+                watch,
+            };
             let loss = tokio::select! {
                 l = keep_alive(&ctx, &self.service.key, id, ttl, revision, &mut streams) => l,
                 c = self.control.recv() => {
@@ -518,15 +521,26 @@ impl Task {
     }
 }
 
+/// What [`establish`] returns: the lease, the revision of the write and the
+/// watch on the key (when it could be opened).
+type Established = (i64, i64, Option<etcd_client::WatchStream>);
+
 /// Grants a lease (unless `lease` is given and still valid) and writes the key
-/// under it. Returns the lease and the revision of the write; on failure, the
-/// error and the lease that is known to exist (to reuse or revoke).
+/// under it. Returns the lease, the revision of the write and a watch on the
+/// key that etcd created before the write; on failure, the error and the
+/// lease that is known to exist (to reuse or revoke).
+///
+/// The watch is opened alongside the grant, so it costs the registration no
+/// time, and it is in place before `register()` returns: a deregistration
+/// right after never races etcd setting up the watch. A watch that cannot be
+/// opened is not an error: [`keep_alive`] opens it again from the write's
+/// revision, so no change to the key is missed either way.
 async fn establish(
     ctx: &Ctx,
     service: &Service,
     ttl: TtlOption,
     lease: Option<i64>,
-) -> std::result::Result<(i64, i64), (Error, Option<i64>)> {
+) -> std::result::Result<Established, (Error, Option<i64>)> {
     let mut leases = ctx.etcd.lease_client();
     let kv = ctx.etcd.kv_client();
     let put = |id: i64| {
@@ -542,27 +556,89 @@ async fn establish(
             .await
         }
     };
-    if let Some(id) = lease {
-        match ctx.bounded("put", put(id)).await {
-            Ok(resp) => return Ok((id, resp.header().map(|h| h.revision()).unwrap_or(0))),
-            Err(e) if is_lease_not_found(&e) => {}
-            Err(e) => return Err((e, Some(id))),
+    let revision_of =
+        |resp: etcd_client::PutResponse| resp.header().map(|h| h.revision()).unwrap_or(0);
+    let watch = watch_own_key(ctx, &service.key, WatchFrom::Now, open_bound(ctx, ttl));
+    let (watch, granted) = match lease {
+        Some(id) => {
+            let watch = watch.await;
+            match ctx.bounded("put", put(id)).await {
+                Ok(resp) => return Ok((id, revision_of(resp), watch)),
+                Err(e) if is_lease_not_found(&e) => {}
+                Err(e) => return Err((e, Some(id))),
+            }
+            let granted = ctx
+                .bounded("grant lease", leases.grant(ttl.lease_seconds(), None))
+                .await;
+            (watch, granted)
         }
-    }
-    let granted = ctx
-        .bounded("grant lease", leases.grant(ttl.lease_seconds(), None))
-        .await
-        .map_err(|e| (e, None))?;
-    let id = granted.id();
+        None => {
+            let grant = ctx.bounded("grant lease", leases.grant(ttl.lease_seconds(), None));
+            tokio::join!(watch, grant)
+        }
+    };
+    let id = granted.map_err(|e| (e, None))?.id();
     match ctx.bounded("put", put(id)).await {
-        Ok(resp) => Ok((id, resp.header().map(|h| h.revision()).unwrap_or(0))),
+        Ok(resp) => Ok((id, revision_of(resp), watch)),
         Err(e) => Err((e, Some(id))),
     }
 }
 
-/// Keeps `lease` alive at the heartbeat and watches `key` from the revision
-/// after `revision`; returns when the lease or the key is gone, or when no
-/// keep-alive succeeded for a whole ttl (etcd has dropped the lease by then).
+/// How long opening one of a registration's streams may take.
+fn open_bound(ctx: &Ctx, ttl: TtlOption) -> Duration {
+    ctx.request_timeout
+        .min(ttl.heartbeat().max(Duration::from_millis(500)))
+}
+
+/// Where a watch on a registrar's own key starts.
+#[derive(Clone, Copy)]
+enum WatchFrom {
+    /// From the next revision; the watch is returned once etcd has created
+    /// it, so every later change reaches it.
+    Now,
+    /// From the revision after this one (history is replayed). Its creation,
+    /// or its cancellation (compaction), is the stream's first message, which
+    /// [`keep_alive`] reads.
+    After(i64),
+}
+
+/// Opens a watch on `key`; `None` if that fails within `bound` (logged).
+async fn watch_own_key(
+    ctx: &Ctx,
+    key: &str,
+    from: WatchFrom,
+    bound: Duration,
+) -> Option<etcd_client::WatchStream> {
+    let mut client = ctx.etcd.watch_client();
+    let open = async {
+        match from {
+            WatchFrom::After(revision) => {
+                let opts = etcd_client::WatchOptions::new().with_start_revision(revision + 1);
+                client.watch(key, Some(opts)).await.map_err(from_etcd)
+            }
+            WatchFrom::Now => {
+                let mut stream = client.watch(key, None).await.map_err(from_etcd)?;
+                match stream.message().await.map_err(from_etcd)? {
+                    Some(resp) if resp.created() && !resp.canceled() => Ok(stream),
+                    Some(resp) => Err(from_cancel_reason(resp.cancel_reason())),
+                    None => Err(Error::new(ErrorKind::Unavailable, "watch stream closed")),
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(bound, open).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            log::debug!(target: LOG, "{key}: cannot watch own key: {e}");
+            None
+        }
+        Err(_) => {
+            log::debug!(target: LOG, "{key}: watching own key timed out");
+            None
+        }
+    }
+}
+
 /// The keep-alive stream and the own-key watch of one registration.
 #[derive(Default)]
 struct Streams {
@@ -570,6 +646,10 @@ struct Streams {
     watch: Option<etcd_client::WatchStream>,
 }
 
+/// Keeps `lease` alive at the heartbeat and watches `key` for changes after
+/// `revision` (the write); returns when the lease or the key is gone, or when
+/// no keep-alive succeeded for a whole ttl (etcd has dropped the lease by
+/// then).
 async fn keep_alive(
     ctx: &Ctx,
     key: &str,
@@ -578,36 +658,20 @@ async fn keep_alive(
     revision: i64,
     streams: &mut Streams,
 ) -> Loss {
-    use etcd_client::{EventType, WatchOptions};
+    use etcd_client::EventType;
     let heartbeat = ttl.heartbeat();
     let mut last_ok = tokio::time::Instant::now();
     let Streams { keeper, watch } = streams;
     let mut watched_rev = revision;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let open_bound = ctx
-        .request_timeout
-        .min(heartbeat.max(Duration::from_millis(500)));
-    // The key watch starts after the put's revision, so a delete right after
-    // the put is seen; a broken watch is reopened at the next heartbeat.
-    let open_watch = |from: i64| {
-        let mut client = ctx.etcd.watch_client();
-        async move {
-            let opts = WatchOptions::new().with_start_revision(from + 1);
-            match tokio::time::timeout(open_bound, client.watch(key, Some(opts))).await {
-                Ok(Ok(w)) => Some(w),
-                Ok(Err(e)) => {
-                    log::debug!(target: LOG, "{key}: cannot watch own key: {e}");
-                    None
-                }
-                Err(_) => {
-                    log::debug!(target: LOG, "{key}: watching own key timed out");
-                    None
-                }
-            }
-        }
-    };
-    *watch = open_watch(watched_rev).await;
+    let open_bound = open_bound(ctx, ttl);
+    // A missing or broken key watch is reopened from the last revision seen
+    // (the put's at first), so no change is missed, at the next heartbeat.
+    let open_watch = |from: i64| watch_own_key(ctx, key, WatchFrom::After(from), open_bound);
+    if watch.is_none() {
+        *watch = open_watch(watched_rev).await;
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -680,6 +744,11 @@ async fn keep_alive(
                     }
                     for ev in resp.events() {
                         if let Some(kv) = ev.kv() {
+                            // A watch opened before the write also sees the
+                            // write itself, and whatever came before it.
+                            if kv.mod_revision() <= revision {
+                                continue;
+                            }
                             watched_rev = watched_rev.max(kv.mod_revision());
                         }
                         match ev.event_type() {

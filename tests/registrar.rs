@@ -231,6 +231,36 @@ fn deleted_key_is_put_back() {
     assert!(etcd.exists(&key), "key vanished again");
 }
 
+/// The registrar's watch on its own key is opened alongside the lease grant
+/// and created by etcd before the write, so it is in place when `register()`
+/// returns: a deregistration right after never races etcd setting it up.
+#[test]
+fn the_key_watch_is_in_place_when_register_returns() {
+    let etcd = EtcdServer::start();
+    let client = connect(&etcd);
+    let p = unique_prefix("reg-watch");
+    const WATCHERS: &str = "etcd_debugging_mvcc_watcher_total";
+    let before = etcd.metric(WATCHERS, &[]);
+    for i in 0..5 {
+        let reg = Registrar::new(
+            &client,
+            Service::new(format!("{p}svc{i}"), "v").with_ttl(short_ttl()),
+        );
+        reg.register().unwrap();
+        // Read at once: nothing is waited for.
+        assert_eq!(
+            etcd.metric(WATCHERS, &[]),
+            before + 1.0,
+            "one watcher per registration, registration {i}"
+        );
+        reg.deregister().unwrap();
+        assert!(
+            wait_until(secs(5), || etcd.metric(WATCHERS, &[]) == before),
+            "the key watch of registration {i} was not closed"
+        );
+    }
+}
+
 #[test]
 fn registrars_and_an_instancer_share_one_client() {
     let etcd = EtcdServer::start();

@@ -590,6 +590,18 @@ impl EtcdServer {
     }
 
     /// Whether `key` exists.
+    /// Sums one metric of etcd's Prometheus `/metrics` over all label sets
+    /// that contain every string in `labels` (0 when etcd does not answer).
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = http_get(&self.endpoint(), "/metrics").unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|lab| l.contains(lab))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn exists(&self, key: &str) -> bool {
         self.count_prefix_exact(key) > 0
     }
@@ -1197,4 +1209,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream, sh: Arc<ProxyShared>) -> JoinHan
             let _ = to.shutdown(Shutdown::Both);
         })
         .unwrap()
+}
+
+/// A minimal HTTP/1.0 GET on loopback (etcd's `/metrics`).
+fn http_get(hostport: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(hostport).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
 }
