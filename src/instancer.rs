@@ -298,7 +298,10 @@ impl View {
         self.by_key.clear();
         self.counts.clear();
         for (k, v) in kvs {
-            let value = self.shared(&v);
+            let value = match self.counts.get_key_value(v.as_str()) {
+                Some((shared, _)) => shared.clone(),
+                None => Name::from_string(v),
+            };
             *self.counts.entry(value.clone()).or_insert(0) += 1;
             if let Some(old) = self.by_key.insert(k, value) {
                 if let Some(c) = self.counts.get_mut(&old) {
@@ -483,7 +486,7 @@ impl Task {
             .with_prefix()
             .with_start_revision(*revision + 1)
             .with_progress_notify();
-        let mut client = ctx.etcd.watch_client();
+        let mut client = ctx.watch();
         let prefix = self.prefix.clone();
         let open = ctx.bounded("watch", client.watch(prefix, Some(opts)));
         let mut stream = tokio::select! {

@@ -24,8 +24,13 @@ impl Name {
     pub(crate) fn new(value: &str) -> Name {
         let mut s = String::with_capacity(value.len() + 1);
         s.push_str(value);
-        s.push('\0');
-        Name(Arc::from(s))
+        Name::from_string(s)
+    }
+
+    /// Like [`new`](Name::new), reusing `value`'s buffer on the way.
+    pub(crate) fn from_string(mut value: String) -> Name {
+        value.push('\0');
+        Name(Arc::from(value))
     }
 
     pub(crate) fn as_str(&self) -> &str {

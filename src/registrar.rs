@@ -542,7 +542,7 @@ async fn establish(
     lease: Option<i64>,
 ) -> std::result::Result<Established, (Error, Option<i64>)> {
     let mut leases = ctx.etcd.lease_client();
-    let kv = ctx.etcd.kv_client();
+    let kv = ctx.kv();
     let put = |id: i64| {
         let mut kv = kv.clone();
         let key = service.key.clone();
@@ -609,7 +609,7 @@ async fn watch_own_key(
     from: WatchFrom,
     bound: Duration,
 ) -> Option<etcd_client::WatchStream> {
-    let mut client = ctx.etcd.watch_client();
+    let mut client = ctx.watch();
     let open = async {
         match from {
             WatchFrom::After(revision) => {
@@ -729,7 +729,7 @@ async fn keep_alive(
                             // History is gone; a fresh watch from now plus a
                             // read tell us whether the key is still there.
                             watched_rev = resp.compact_revision() - 1;
-                            let mut kv = ctx.etcd.kv_client();
+                            let mut kv = ctx.kv();
                             if let Ok(r) = ctx.bounded("get own key", kv.get(key, None)).await {
                                 watched_rev = r.header().map(|h| h.revision()).unwrap_or(watched_rev);
                                 if r.kvs().is_empty() {

@@ -45,7 +45,24 @@ pub(crate) struct Ctx {
     pub(crate) request_timeout: Duration,
 }
 
+/// The largest gRPC message we accept from etcd, as etcd's own Go client
+/// (`MaxCallRecvMsgSize`): tonic's 4 MiB default would fail a page of large
+/// values, or a watch catching up on many revisions at once, for good.
+const MAX_MESSAGE: usize = i32::MAX as usize;
+
 impl Ctx {
+    /// A KV client that accepts messages up to [`MAX_MESSAGE`].
+    pub(crate) fn kv(&self) -> etcd_client::KvClient {
+        self.etcd.kv_client().max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// A watch client that accepts messages up to [`MAX_MESSAGE`].
+    pub(crate) fn watch(&self) -> etcd_client::WatchClient {
+        self.etcd
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
     /// After an `Auth` failure of a stream (a watch cancelled for an expired
     /// token), fetches a fresh token; unary calls refresh by themselves. A
     /// no-op without credentials; failures are only logged (the caller retries
@@ -264,7 +281,7 @@ fn run_runtime(
                 }
                 Command::DeleteKey { key, reply } => {
                     tokio::spawn(async move {
-                        let mut kv = ctx.etcd.kv_client();
+                        let mut kv = ctx.kv();
                         let r = ctx
                             .bounded("delete", kv.delete(key, None))
                             .await
@@ -354,7 +371,7 @@ const PAGE: i64 = 1000;
 pub(crate) async fn read_prefix(ctx: &Ctx, prefix: &str) -> Result<(i64, Vec<(String, String)>)> {
     use etcd_client::GetOptions;
     let range_end = prefix_range_end(prefix.as_bytes());
-    let mut kv = ctx.etcd.kv_client();
+    let mut kv = ctx.kv();
     let mut out = Vec::new();
     let mut start = prefix.as_bytes().to_vec();
     let mut revision = 0;

@@ -33,7 +33,7 @@ impl Task {
             if revision > 0 {
                 opts = opts.with_start_revision(revision + 1);
             }
-            let mut client = ctx.etcd.watch_client();
+            let mut client = ctx.watch();
             match ctx
                 .bounded("watch", client.watch(self.prefix.clone(), Some(opts)))
                 .await

@@ -822,3 +822,59 @@ fn remove_and_stop_wait_for_a_running_call_and_drop_the_closure_before_returning
         assert_eq!(calls.load(Ordering::SeqCst), n, "called after removal");
     }
 }
+
+/// Values that add up to more than gRPC's default 4 MiB message limit: the
+/// initial read returns every instance, and so does a watch that resumes
+/// after a broken link and catches up on all of them in one batch.
+#[test]
+fn values_larger_than_a_grpc_message_in_all_are_read_and_watched() {
+    let etcd = EtcdServer::start();
+    let proxy = FaultProxy::start(&etcd.endpoint());
+    let client = etcd_sd::Client::connect(&[proxy.endpoint()], options(secs(2))).unwrap();
+    let prefix = unique_prefix("inst-big");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut kv = rt
+        .block_on(etcd_client::Client::connect([etcd.endpoint()], None))
+        .unwrap()
+        .kv_client();
+    // 120 values of 48 KiB: about 5.6 MiB in one page, or one catch-up batch.
+    let mut put_all = |round: usize| -> Vec<String> {
+        (0..120)
+            .map(|i| {
+                let value = format!("{round}:{i:03}:{}", "x".repeat(48 * 1024));
+                rt.block_on(kv.put(format!("{prefix}{i:03}"), value.clone(), None))
+                    .unwrap();
+                value
+            })
+            .collect()
+    };
+    let first = put_all(0);
+    let inst = Instancer::new(&client, &prefix).unwrap();
+    let ev = inst.current();
+    assert!(ev.err.is_none(), "initial read: {:?}", ev.err);
+    assert!(
+        ev.instances.iter().eq(first.iter().map(String::as_str)),
+        "initial read"
+    );
+
+    let rx = inst.subscribe();
+    proxy.cut();
+    recv_until(&rx, secs(15), |ev| ev.err.is_some()).expect("an error event while cut");
+    let second = put_all(1);
+    proxy.restore();
+    // (Not `recv_instances`: its message on failure would print 5 MiB.)
+    let caught_up = recv_until(&rx, secs(20), |ev| {
+        ev.err.is_none() && ev.instances.iter().eq(second.iter().map(String::as_str))
+    });
+    if caught_up.is_err() {
+        let ev = inst.current();
+        panic!(
+            "the watch did not catch up: {} instances, error {:?}",
+            ev.instances.len(),
+            ev.err.map(|e| e.to_string())
+        );
+    }
+}
