@@ -18,9 +18,10 @@ use crate::backoff::Backoff;
 use crate::chunks::SortedChunks;
 use crate::client::Client;
 use crate::dispatch::Topic;
-use crate::error::{from_cancel_reason, from_etcd, Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::instances::{Event, Instances};
 use crate::name::Name;
+use crate::prefix_watch::{self, End, Flow};
 use crate::runtime::{read_prefix, wait_reply, Command, Core, Ctx, Reply};
 
 const LOG: &str = "etcd_sd::instancer";
@@ -382,15 +383,6 @@ pub(crate) struct Task {
     ready: Option<Reply<()>>,
 }
 
-/// How a watch session ended.
-enum WatchEnd {
-    Stopped,
-    /// The revision to resume from was compacted: read again.
-    Compacted,
-    /// The stream broke or was cancelled by etcd.
-    Broken(Error),
-}
-
 impl Task {
     pub(crate) async fn run(mut self, ctx: Ctx) {
         let mut view = View::default();
@@ -435,12 +427,12 @@ impl Task {
                 .watch(&ctx, &mut view, &mut snapshot, &mut revision, &mut backoff)
                 .await
             {
-                WatchEnd::Stopped => return,
-                WatchEnd::Compacted => {
+                End::Stopped => return,
+                End::Compacted => {
                     log::info!(target: LOG, "{}: revision {} was compacted; reading again", self.prefix, revision + 1);
                     need_read = true;
                 }
-                WatchEnd::Broken(e) => {
+                End::Broken(e) => {
                     // An expired token cancels watches; get a fresh one.
                     ctx.refresh_auth(&e).await;
                     self.report(&snapshot, e);
@@ -480,78 +472,44 @@ impl Task {
         snapshot: &mut Instances,
         revision: &mut i64,
         backoff: &mut Backoff,
-    ) -> WatchEnd {
-        use etcd_client::{EventType, WatchOptions};
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(*revision + 1)
-            .with_progress_notify();
-        let mut client = ctx.watch();
-        let prefix = self.prefix.clone();
-        let open = ctx.bounded("watch", client.watch(prefix, Some(opts)));
-        let mut stream = tokio::select! {
-            r = open => match r {
-                Ok(s) => s,
-                Err(e) => return WatchEnd::Broken(e),
-            },
-            _ = stopped(&mut self.stop) => return WatchEnd::Stopped,
-        };
-        loop {
-            let msg = tokio::select! {
-                m = stream.message() => m,
-                _ = stopped(&mut self.stop) => return WatchEnd::Stopped,
-            };
-            let resp = match msg {
-                Ok(Some(resp)) => resp,
-                Ok(None) => {
-                    return WatchEnd::Broken(Error::new(
-                        ErrorKind::Unavailable,
-                        "watch stream closed",
-                    ))
-                }
-                Err(e) => return WatchEnd::Broken(from_etcd(e).context("watch")),
-            };
-            if resp.canceled() {
-                if resp.compact_revision() > 0 {
-                    return WatchEnd::Compacted;
-                }
-                return WatchEnd::Broken(from_cancel_reason(resp.cancel_reason()));
-            }
+    ) -> End {
+        use etcd_client::EventType;
+        let prefix = &self.prefix;
+        let topic = &self.topic;
+        let session = prefix_watch::session(ctx, prefix, revision, |resp| {
             if resp.created() {
                 backoff.reset();
                 // Back after an outage: say so, even if nothing changed.
-                let was_down = self.topic.current().err.is_some();
-                if self.topic.publish(Event {
+                let was_down = topic.current().err.is_some();
+                if topic.publish(Event {
                     instances: snapshot.clone(),
                     err: None,
                 }) && was_down
                 {
-                    log::info!(target: LOG, "{}: watch is back at revision {}", self.prefix, *revision + 1);
+                    log::info!(target: LOG, "{prefix}: watch is back");
                 }
             }
             let mut changed = false;
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
-                *revision = (*revision).max(kv.mod_revision());
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 changed |= match ev.event_type() {
                     EventType::Put => view.put(key, &String::from_utf8_lossy(kv.value())),
                     EventType::Delete => view.delete(&key),
                 };
             }
-            if resp.events().is_empty() && !resp.created() {
-                // A progress notification: everything up to here was sent.
-                if let Some(h) = resp.header() {
-                    *revision = (*revision).max(h.revision());
-                }
-            }
             if changed {
                 *snapshot = view.snapshot();
-                self.topic.publish(Event {
+                topic.publish(Event {
                     instances: snapshot.clone(),
                     err: None,
                 });
             }
+            Flow::Continue
+        });
+        tokio::select! {
+            end = session => end,
+            _ = stopped(&mut self.stop) => End::Stopped,
         }
     }
 }
@@ -564,6 +522,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     #[test]
     fn view_dedups_and_reports_visible_changes() {

@@ -216,6 +216,7 @@ mod instances;
 pub mod lb;
 mod name;
 mod options;
+mod prefix_watch;
 mod registrar;
 mod runtime;
 pub mod sd;

@@ -5,7 +5,8 @@
 use crossbeam_channel as cb;
 
 use crate::backoff::Backoff;
-use crate::error::from_etcd;
+use crate::prefix_watch::{self, End, Flow};
+use crate::runtime::Ctx;
 
 const LOG: &str = "etcd_sd::watch_prefix";
 
@@ -24,59 +25,38 @@ impl Task {
         )
     }
 
-    pub(crate) async fn run(self, ctx: crate::runtime::Ctx) {
-        use etcd_client::WatchOptions;
+    pub(crate) async fn run(self, ctx: Ctx) {
         let mut backoff = Backoff::standard();
+        // 0: from now. Then the last revision seen, so that a broken watch
+        // resumes after it and no change goes unnotified.
         let mut revision = 0i64;
         loop {
-            let mut opts = WatchOptions::new().with_prefix();
-            if revision > 0 {
-                opts = opts.with_start_revision(revision + 1);
-            }
-            let mut client = ctx.watch();
-            match ctx
-                .bounded("watch", client.watch(self.prefix.clone(), Some(opts)))
-                .await
-            {
-                Ok(mut stream) => loop {
-                    match stream.message().await {
-                        Ok(Some(resp)) => {
-                            if resp.created() {
-                                backoff.reset();
-                                if let Some(h) = resp.header() {
-                                    revision = revision.max(h.revision());
-                                }
-                            }
-                            if resp.canceled() {
-                                // Compacted or refused: start over from now and
-                                // say something may have changed.
-                                revision = 0;
-                                if !self.notify() {
-                                    return;
-                                }
-                                break;
-                            }
-                            if !resp.events().is_empty() {
-                                for ev in resp.events() {
-                                    if let Some(kv) = ev.kv() {
-                                        revision = revision.max(kv.mod_revision());
-                                    }
-                                }
-                                if !self.notify() {
-                                    return;
-                                }
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            log::debug!(target: LOG, "{}: watch broke: {}", self.prefix, from_etcd(e));
-                            break;
-                        }
+            let end = prefix_watch::session(&ctx, &self.prefix, &mut revision, |resp| {
+                if resp.created() {
+                    backoff.reset();
+                }
+                if !resp.events().is_empty() && !self.notify() {
+                    return Flow::Stop;
+                }
+                Flow::Continue
+            })
+            .await;
+            match end {
+                End::Stopped => return,
+                End::Compacted => {
+                    // Changes may be lost with the history: start over from
+                    // now and say something may have changed.
+                    revision = 0;
+                    if !self.notify() {
+                        return;
                     }
-                },
-                Err(e) => log::debug!(target: LOG, "{}: cannot watch: {e}", self.prefix),
+                }
+                End::Broken(e) => {
+                    log::debug!(target: LOG, "{}: watch broke: {e}", self.prefix);
+                    ctx.refresh_auth(&e).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
             }
-            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 }

@@ -230,6 +230,36 @@ fn watch_prefix_sends_sentinel_then_changes() {
     assert_eq!(rx.recv_timeout(secs(5)), Ok(()), "after delete");
 }
 
+/// A change made while the link is cut is notified once the watch is back
+/// (it resumes after the last revision it saw instead of starting from now).
+#[test]
+fn watch_prefix_notifies_a_change_made_while_the_link_was_down() {
+    let etcd = EtcdServer::start();
+    let proxy = support::FaultProxy::start(&etcd.endpoint());
+    let client = Client::connect(&[proxy.endpoint()], options(secs(1))).unwrap();
+    let p = unique_prefix("watch-down");
+    let rx = client.watch_prefix(&p).unwrap();
+    assert_eq!(rx.recv_timeout(secs(5)), Ok(()), "initial sentinel");
+    etcd.put(&format!("{p}a"), "1");
+    assert_eq!(rx.recv_timeout(secs(5)), Ok(()), "after put");
+    for round in 0..2 {
+        proxy.cut();
+        std::thread::sleep(ms(500));
+        etcd.put(&format!("{p}b{round}"), "2");
+        assert_eq!(
+            rx.recv_timeout(ms(300)),
+            Err(RecvTimeoutError::Timeout),
+            "round {round}: nothing can arrive while cut"
+        );
+        proxy.restore();
+        assert_eq!(
+            rx.recv_timeout(secs(15)),
+            Ok(()),
+            "round {round}: the change made while cut was not notified"
+        );
+    }
+}
+
 #[test]
 fn client_register_deregister_and_lease_id() {
     let etcd = EtcdServer::start();

@@ -98,6 +98,22 @@ pub struct etcd_sd_balancer {
     _private: [u8; 0],
 }
 
+/// The body of the balancer constructors: checks, builds, hands out.
+fn new_balancer<B>(
+    i: *mut etcd_sd_instancer,
+    out: *mut *mut etcd_sd_balancer,
+    make: impl FnOnce(Endpointer<String>) -> B,
+) -> etcd_sd_status
+where
+    B: Balancer<String> + Send + Sync + 'static,
+{
+    let out = try_out!(out);
+    let i = try_ref!(i);
+    try_status!(i.check_open());
+    *out = to_boxed_mut_ptr::<etcd_sd_balancer>(BalancerHandle::new(i, make));
+    ETCD_SD_OK
+}
+
 /// A round-robin balancer over the instances of `i` (go-kit's
 /// `lb.NewRoundRobin`): each instance in turn, in sorted order, with one
 /// atomic counter shared by all threads. On success `*out` is a new balancer
@@ -111,12 +127,7 @@ pub extern "C" fn etcd_sd_balancer_round_robin(
     out: *mut *mut etcd_sd_balancer,
 ) -> etcd_sd_status {
     ffi_boundary! {
-        let out = try_out!(out);
-        let i = try_ref!(i);
-        try_status!(i.check_open());
-        let handle = BalancerHandle::new(i, lb::RoundRobin::new);
-        *out = to_boxed_mut_ptr::<etcd_sd_balancer>(handle);
-        ETCD_SD_OK
+        new_balancer(i, out, lb::RoundRobin::new)
     }
 }
 
@@ -133,12 +144,7 @@ pub extern "C" fn etcd_sd_balancer_random(
     out: *mut *mut etcd_sd_balancer,
 ) -> etcd_sd_status {
     ffi_boundary! {
-        let out = try_out!(out);
-        let i = try_ref!(i);
-        try_status!(i.check_open());
-        let handle = BalancerHandle::new(i, |e| lb::Random::new(e, seed));
-        *out = to_boxed_mut_ptr::<etcd_sd_balancer>(handle);
-        ETCD_SD_OK
+        new_balancer(i, out, |e| lb::Random::new(e, seed))
     }
 }
 
