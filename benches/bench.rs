@@ -35,7 +35,7 @@ fn main() {
     let quick = std::env::var_os("BENCH_QUICK").is_some_and(|v| v == "1");
     let started = Instant::now();
     let load_start = load_average();
-    let etcd = support::EtcdServer::start();
+    let mut etcd = support::EtcdServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -66,7 +66,7 @@ fn main() {
         scale(&rt, &raw, &etcd, sizes, churn, &mut report);
     }
     if run("registrations") {
-        registrations(&etcd, if quick { 100 } else { 1_000 }, &mut report);
+        registrations(&mut etcd, if quick { 100 } else { 1_000 }, &mut report);
     }
     if run("lb") {
         lb::load_balancing(&rt, &raw, &etcd, quick, &mut report);
@@ -722,7 +722,7 @@ fn compact(rt: &tokio::runtime::Runtime, raw: &etcd_client::Client) {
 
 // ---------------------------------------------------------------- 3. registrations
 
-fn registrations(etcd: &support::EtcdServer, n: usize, report: &mut Report) {
+fn registrations(etcd: &mut support::EtcdServer, n: usize, report: &mut Report) {
     let threads0 = support::thread_count();
     let client = fast_client(etcd);
     let threads_client = support::thread_count();
@@ -762,19 +762,90 @@ fn registrations(etcd: &support::EtcdServer, n: usize, report: &mut Report) {
     std::thread::sleep(idle);
     let cpu = thread_cpu_ns(&["etcd-sd-runtime", "etcd-sd-dispatch"]) - cpu0;
     let ka = metric(etcd, "grpc_server_msg_received_total", &["LeaseKeepAlive"]) - ka0;
+    let restart = restarts(etcd, &registrars, ttl);
     let t = format!(
         "{n} Registrars (heartbeat 1 s, ttl 5 s) on one Client, registered from 8 threads.\n\n\
          | measure | value |\n|---|---|\n\
          | OS threads before connect / after connect / with all registered | {threads0} / {threads_client} / {threads_all} |\n\
          | time to register all | {:.0} ms |\n\
          | keep-alive messages per second | {:.0} |\n\
-         | CPU of the library's threads while idle | {:.1} % of one core |\n",
+         | CPU of the library's threads while idle | {:.1} % of one core |\n\
+         | etcd killed, restarted 1 s later (data kept): keep-alives back at the full rate ({n} in one heartbeat) | {} after the restart |\n\
+         | the same: registrations still in etcd on their first lease, 2 ttl later | {} of {n} |\n\
+         | etcd killed, restarted with its data dir wiped (every key and lease gone): all {n} keys back | {} after the restart |\n\
+         \nTimes after a restart run from the moment etcd answers again (the harness's restart returns), \
+         measured by polling etcd every 50 ms (keep-alive messages from its `/metrics`, keys with \
+         `etcdctl get`).\n",
         all_registered.as_secs_f64() * 1e3,
         ka / idle.as_secs_f64(),
         cpu as f64 / idle.as_nanos() as f64 * 100.0,
+        within(restart.keep_alives_back),
+        restart.kept,
+        within(restart.keys_back),
     );
     drop(registrars);
     drop(client);
     report.section("3. Registrations", &t);
     eprintln!("registrations done");
+}
+
+/// What section 3 measures around etcd restarts (`None`: not within the
+/// limit).
+struct Restarts {
+    keep_alives_back: Option<Duration>,
+    kept: usize,
+    keys_back: Option<Duration>,
+}
+
+/// A time, or that it did not happen within the limit.
+fn within(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!("{:.0} ms", d.as_secs_f64() * 1e3),
+        None => "**not within 60 s**".to_string(),
+    }
+}
+
+/// Restarts etcd twice under `registrars` (all registered): once with its
+/// data, once with its data dir wiped.
+fn restarts(etcd: &mut support::EtcdServer, registrars: &[Registrar], ttl: TtlOption) -> Restarts {
+    let n = registrars.len();
+    let leases: Vec<Option<i64>> = registrars.iter().map(Registrar::lease_id).collect();
+    let keep_alives = |etcd: &support::EtcdServer| {
+        metric(etcd, "grpc_server_msg_received_total", &["LeaseKeepAlive"])
+    };
+    let limit = Duration::from_secs(60);
+
+    // 1. Killed, back after 1 s with its data: the leases survive (etcd
+    // renews them on start); the registrars must resume their keep-alives.
+    etcd.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    etcd.restart();
+    let t0 = Instant::now();
+    let keep_alives_back =
+        support::wait_until(limit, || keep_alives(etcd) >= n as f64).then(|| t0.elapsed());
+    std::thread::sleep(2 * ttl.ttl());
+    let in_etcd: std::collections::HashMap<String, i64> =
+        etcd.get_prefix_leases("/bench/reg/").into_iter().collect();
+    let kept = registrars
+        .iter()
+        .zip(&leases)
+        .filter(|(r, lease)| {
+            lease.is_some()
+                && **lease == r.lease_id()
+                && in_etcd.get(&r.service().key).copied() == **lease
+        })
+        .count();
+
+    // 2. Back empty: every key and lease is gone; the registrars must notice
+    // and register again.
+    etcd.restart_empty();
+    let t0 = Instant::now();
+    let prefix = "/bench/reg/";
+    let keys_back =
+        support::wait_until(limit, || etcd.count_prefix(prefix) >= n).then(|| t0.elapsed());
+    Restarts {
+        keep_alives_back,
+        kept,
+        keys_back,
+    }
 }

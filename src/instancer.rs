@@ -428,8 +428,8 @@ impl Task {
                 .await
             {
                 End::Stopped => return,
-                End::Compacted => {
-                    log::info!(target: LOG, "{}: revision {} was compacted; reading again", self.prefix, revision + 1);
+                End::HistoryGone => {
+                    log::info!(target: LOG, "{}: etcd's history after revision {revision} is gone (compacted, or etcd lost its data); reading again", self.prefix);
                     need_read = true;
                 }
                 End::Broken(e) => {

@@ -5,7 +5,10 @@
 //! The session keeps the revision of the last change seen (and of progress
 //! notifications, which say everything up to them was sent), so the next
 //! session starts right after it: no change is missed and none repeated.
-//! Only a compaction past that revision ends the chain ([`End::Compacted`]).
+//! Only the loss of that history ends the chain ([`End::HistoryGone`]): a
+//! compaction past the revision, or an etcd whose revisions went back (it
+//! lost its data, or the cluster was rebuilt), where a watch resumed after
+//! the old revision would wait for revisions that never come.
 
 use etcd_client::{WatchOptions, WatchResponse};
 
@@ -17,8 +20,9 @@ use crate::runtime::Ctx;
 pub(crate) enum End {
     /// The handler asked to stop.
     Stopped,
-    /// The revision to resume from was compacted away.
-    Compacted,
+    /// The history to resume from is gone: compacted away, or replaced (etcd
+    /// is at a revision below the one to resume from). Read again.
+    HistoryGone,
     /// The stream could not be opened, broke, or was cancelled by etcd.
     Broken(Error),
 }
@@ -59,12 +63,16 @@ pub(crate) async fn session(
         };
         if resp.canceled() {
             if resp.compact_revision() > 0 {
-                return End::Compacted;
+                return End::HistoryGone;
             }
             return End::Broken(from_cancel_reason(resp.cancel_reason()));
         }
         let header = resp.header().map(|h| h.revision()).unwrap_or(0);
         if resp.created() {
+            if header < *revision {
+                // etcd is behind what we saw from it: a new history.
+                return End::HistoryGone;
+            }
             // From now: everything after the creation's revision comes. (A
             // resumed watch must not jump ahead: the changes it missed are
             // still to come after the creation.)

@@ -43,7 +43,7 @@ impl Task {
             .await;
             match end {
                 End::Stopped => return,
-                End::Compacted => {
+                End::HistoryGone => {
                     // Changes may be lost with the history: start over from
                     // now and say something may have changed.
                     revision = 0;

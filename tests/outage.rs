@@ -266,3 +266,56 @@ fn link_cut_longer_than_ttl_lease_expires_and_registration_comes_back() {
     std::thread::sleep(secs(3));
     assert_eq!(etcd.get(&key).as_deref(), Some("svc:1"), "key lost again");
 }
+
+/// etcd comes back with nothing: its data dir was lost (or the cluster was
+/// rebuilt from scratch), so every key and lease is gone and revisions start
+/// over. Registrations are put back on new leases and the Instancer follows
+/// the new history.
+#[test]
+fn etcd_restarted_empty_registrations_come_back_and_discovery_follows() {
+    let mut etcd = EtcdServer::start();
+    let client = connect_with(&etcd, options(secs(2)));
+    let p = unique_prefix("outage-empty");
+    let registrars: Vec<Registrar> = (0..5)
+        .map(|i| {
+            let r = Registrar::new(
+                &client,
+                Service::new(format!("{p}svc{i}"), format!("10.0.0.{i}:80")).with_ttl(short_ttl()),
+            );
+            r.register().unwrap();
+            r
+        })
+        .collect();
+    let inst = Instancer::new(&client, &p).unwrap();
+    let rx = inst.subscribe();
+    let want: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:80")).collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    recv_instances(&rx, secs(5), &want);
+    // Take the Instancer's revision well past what the new history will
+    // reach: a watch resumed after it would wait for revisions that never
+    // come.
+    for i in 0..20 {
+        etcd.put(&format!("{p}noise"), &format!("n{i}"));
+    }
+    etcd.del(&format!("{p}noise"));
+    recv_instances(&rx, secs(5), &want);
+
+    etcd.restart_empty();
+    let t = Instant::now();
+    assert!(
+        wait_until(secs(30), || etcd.count_prefix(&p) == 5),
+        "registrations not back after an empty restart: {:?}\n{}",
+        etcd.get_prefix(&p),
+        etcd.log_tail()
+    );
+    eprintln!("all keys back after {:?}", t.elapsed());
+    for r in &registrars {
+        assert!(wait_until(secs(10), || r.state() == S::Registered));
+        assert_eq!(etcd.lease_of(&r.service().key), r.lease_id().unwrap());
+    }
+    // Discovery follows the new history: a change after the restart shows.
+    etcd.put(&format!("{p}extra"), "10.0.0.9:80");
+    let mut want2 = want.clone();
+    want2.push("10.0.0.9:80");
+    recv_instances(&rx, secs(20), &want2);
+}

@@ -428,6 +428,15 @@ impl EtcdServer {
         );
     }
 
+    /// Starts etcd again on the same ports with an empty data dir: every key,
+    /// lease and revision is gone, as after losing the disk or rebuilding
+    /// the cluster from scratch. Waits until it answers.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.data_dir());
+        self.restart();
+    }
+
     fn signal(&self, sig: &str) {
         let pid = self.pid().expect("etcd not running");
         let out = Command::new("kill")
@@ -589,7 +598,6 @@ impl EtcdServer {
         field_u64(&out, "Count").unwrap_or(0)
     }
 
-    /// Whether `key` exists.
     /// Sums one metric of etcd's Prometheus `/metrics` over all label sets
     /// that contain every string in `labels` (0 when etcd does not answer).
     pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
@@ -602,6 +610,20 @@ impl EtcdServer {
             .sum()
     }
 
+    /// How many keys are under `prefix` (0 when etcd does not answer).
+    pub fn count_prefix(&self, prefix: &str) -> usize {
+        // "Count" is that of the whole range, whatever the limit (etcdctl 3.4
+        // has no --count-only).
+        let args = [
+            "get", "-w", "fields", "--prefix", "--limit", "1", "--", prefix,
+        ];
+        self.try_etcdctl(&args)
+            .ok()
+            .and_then(|out| field_u64(&out, "Count"))
+            .unwrap_or(0) as usize
+    }
+
+    /// Whether `key` exists.
     pub fn exists(&self, key: &str) -> bool {
         self.count_prefix_exact(key) > 0
     }
