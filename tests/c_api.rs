@@ -189,45 +189,35 @@ fn run_suite(program: &Path, wrapper: &[&str], etcd: &EtcdServer, slow: u32, tim
     );
 }
 
-#[test]
-fn c_suite_as_c11() {
+/// Builds one C or C++ test program from `source` and runs it against a
+/// fresh etcd.
+fn build_and_run_suite(compiler: &str, flags: &[&str], source: &str, name: &str) {
     let etcd = EtcdServer::start();
     let libs = LibDir::new();
-    let exe = libs.build(
-        &cc(),
-        C_FLAGS,
-        &[manifest_dir().join("tests/c/api_test.c")],
-        "api_test_c",
-    );
+    let exe = libs.build(compiler, flags, &[manifest_dir().join(source)], name);
     run_suite(&exe, &[], &etcd, 1, Duration::from_secs(180));
+}
+
+#[test]
+fn c_suite_as_c11() {
+    build_and_run_suite(&cc(), C_FLAGS, "tests/c/api_test.c", "api_test_c");
 }
 
 #[test]
 fn c_suite_as_cxx17() {
-    let etcd = EtcdServer::start();
-    let libs = LibDir::new();
     let mut flags = vec!["-x", "c++"];
     flags.extend_from_slice(CXX_FLAGS);
-    let exe = libs.build(
-        &cxx(),
-        &flags,
-        &[manifest_dir().join("tests/c/api_test.c")],
-        "api_test_cxx",
-    );
-    run_suite(&exe, &[], &etcd, 1, Duration::from_secs(180));
+    build_and_run_suite(&cxx(), &flags, "tests/c/api_test.c", "api_test_cxx");
 }
 
 #[test]
 fn cpp_wrapper() {
-    let etcd = EtcdServer::start();
-    let libs = LibDir::new();
-    let exe = libs.build(
+    build_and_run_suite(
         &cxx(),
         CXX_FLAGS,
-        &[manifest_dir().join("tests/cpp/wrapper_test.cpp")],
+        "tests/cpp/wrapper_test.cpp",
         "wrapper_test",
     );
-    run_suite(&exe, &[], &etcd, 1, Duration::from_secs(180));
 }
 
 #[test]
@@ -280,42 +270,18 @@ fn examples_build_and_run() {
     let etcd = EtcdServer::start();
     let libs = LibDir::new();
     let root = manifest_dir();
-    let registrar = libs.build(
-        &cc(),
-        C_FLAGS,
-        &[root.join("examples/c/registrar.c")],
-        "registrar",
-    );
-    let callback = libs.build(
-        &cc(),
-        C_FLAGS,
-        &[root.join("examples/c/watcher_callback.c")],
-        "watcher_callback",
-    );
-    let poll = libs.build(
-        &cc(),
-        C_FLAGS,
-        &[root.join("examples/c/watcher_poll.c")],
-        "watcher_poll",
-    );
-    let service = libs.build(
-        &cxx(),
-        CXX_FLAGS,
-        &[root.join("examples/cpp/service.cpp")],
-        "service",
-    );
-    let hello = libs.build(
-        &cc(),
-        C_FLAGS,
-        &[root.join("examples/cmake/hello.c")],
-        "hello",
-    );
-    let hello_cpp = libs.build(
-        &cxx(),
-        CXX_FLAGS,
-        &[root.join("examples/cmake/hello.cpp")],
-        "hello_cpp",
-    );
+    let (c, cpp) = ((cc(), C_FLAGS), (cxx(), CXX_FLAGS));
+    let [registrar, callback, poll, service, hello, hello_cpp] = [
+        (&c, "examples/c/registrar.c", "registrar"),
+        (&c, "examples/c/watcher_callback.c", "watcher_callback"),
+        (&c, "examples/c/watcher_poll.c", "watcher_poll"),
+        (&cpp, "examples/cpp/service.cpp", "service"),
+        (&c, "examples/cmake/hello.c", "hello"),
+        (&cpp, "examples/cmake/hello.cpp", "hello_cpp"),
+    ]
+    .map(|((compiler, flags), source, name)| {
+        libs.build(compiler, flags, &[root.join(source)], name)
+    });
 
     let prefix = unique_prefix("examples");
     let key = format!("{prefix}10.0.0.1:8080");

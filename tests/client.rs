@@ -123,16 +123,11 @@ fn connect_to_nobody_fails_within_dial_timeout() {
             ..Default::default()
         };
         let t = Instant::now();
-        let e = Client::connect(&[endpoint.as_str()], opts).unwrap_err();
+        let res = Client::connect(&[endpoint.as_str()], opts);
         let took = t.elapsed();
-        assert!(
-            matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-            "{endpoint}: kind {:?}: {e}",
-            e.kind()
-        );
-        assert!(took < secs(5), "{endpoint}: took {took:?}");
         // The error is a proper std error with a message.
-        assert!(!e.to_string().is_empty());
+        assert!(res.as_ref().is_err_and(|e| !e.to_string().is_empty()));
+        assert_unreachable(res, took, secs(5), &endpoint);
     }
 }
 
@@ -143,30 +138,15 @@ fn calls_fail_with_unavailable_or_timeout_when_etcd_is_down() {
     let p = unique_prefix("down");
     etcd.kill();
     let t = Instant::now();
-    let e = client.get_entries(&p).unwrap_err();
-    assert!(
-        matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-        "get_entries: {:?}: {e}",
-        e.kind()
-    );
-    let e = client
-        .register(&Service::new(format!("{p}k"), "v").with_ttl(short_ttl()))
-        .unwrap_err();
-    assert!(
-        matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-        "register: {:?}: {e}",
-        e.kind()
-    );
+    let res = client.get_entries(&p);
+    assert_unreachable(res, t.elapsed(), secs(5), "get_entries");
+    let t = Instant::now();
+    let res = client.register(&Service::new(format!("{p}k"), "v").with_ttl(short_ttl()));
+    assert_unreachable(res, t.elapsed(), secs(5), "register");
     // A key this client never registered: go-kit's plain delete.
-    let e = client
-        .deregister(&Service::new(format!("{p}never"), "v"))
-        .unwrap_err();
-    assert!(
-        matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-        "deregister: {:?}: {e}",
-        e.kind()
-    );
-    assert!(t.elapsed() < secs(12), "three calls took {:?}", t.elapsed());
+    let t = Instant::now();
+    let res = client.deregister(&Service::new(format!("{p}never"), "v"));
+    assert_unreachable(res, t.elapsed(), secs(5), "deregister");
     // Back up: the same client works again.
     etcd.restart();
     assert!(

@@ -56,11 +56,7 @@ fn deregister_removes_the_key_at_once_and_is_idempotent() {
     let client = connect(&etcd);
     let p = unique_prefix("reg-dereg");
     let key = format!("{p}svc");
-    let reg = Registrar::new(
-        &client,
-        Service::new(key.clone(), "v").with_ttl(short_ttl()),
-    );
-    reg.register().unwrap();
+    let reg = registered(&client, key.clone(), "v");
     let lease = reg.lease_id().unwrap();
     assert!(etcd.exists(&key));
 
@@ -94,19 +90,11 @@ fn dropping_a_registrar_deregisters_it() {
     let client = connect(&etcd);
     let p = unique_prefix("reg-drop");
     let key = format!("{p}svc");
-    let reg = Registrar::new(
-        &client,
-        Service::new(key.clone(), "v").with_ttl(short_ttl()),
-    );
-    reg.register().unwrap();
+    let reg = registered(&client, key.clone(), "v");
     let lease = reg.lease_id().unwrap();
     // Another registrar on the same client must survive the drop.
     let other_key = format!("{p}other");
-    let other = Registrar::new(
-        &client,
-        Service::new(other_key.clone(), "w").with_ttl(short_ttl()),
-    );
-    other.register().unwrap();
+    let _other = registered(&client, other_key.clone(), "w"); // kept alive
     drop(reg);
     assert!(
         wait_until(secs(5), || !etcd.exists(&key)),
@@ -168,11 +156,7 @@ fn revoked_lease_is_replaced_and_the_key_comes_back() {
     let client = connect(&etcd);
     let p = unique_prefix("reg-revoke");
     let key = format!("{p}svc");
-    let reg = Registrar::new(
-        &client,
-        Service::new(key.clone(), "v").with_ttl(short_ttl()),
-    );
-    reg.register().unwrap();
+    let reg = registered(&client, key.clone(), "v");
     let old = reg.lease_id().unwrap();
     let rx = reg.events();
 
@@ -208,11 +192,7 @@ fn deleted_key_is_put_back() {
     let client = connect(&etcd);
     let p = unique_prefix("reg-del");
     let key = format!("{p}svc");
-    let reg = Registrar::new(
-        &client,
-        Service::new(key.clone(), "v").with_ttl(short_ttl()),
-    );
-    reg.register().unwrap();
+    let reg = registered(&client, key.clone(), "v");
     let rx = reg.events();
 
     assert_eq!(etcd.del(&key), 1);
@@ -242,11 +222,7 @@ fn the_key_watch_is_in_place_when_register_returns() {
     const WATCHERS: &str = "etcd_debugging_mvcc_watcher_total";
     let before = etcd.metric(WATCHERS, &[]);
     for i in 0..5 {
-        let reg = Registrar::new(
-            &client,
-            Service::new(format!("{p}svc{i}"), "v").with_ttl(short_ttl()),
-        );
-        reg.register().unwrap();
+        let reg = registered(&client, format!("{p}svc{i}"), "v");
         // Read at once: nothing is waited for.
         assert_eq!(
             etcd.metric(WATCHERS, &[]),

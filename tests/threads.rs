@@ -42,11 +42,7 @@ fn thread_count_is_fixed_per_client_and_threads_are_joined() {
 
     let mut regs = Vec::new();
     for i in 0..50 {
-        let r = Registrar::new(
-            &client,
-            Service::new(format!("{p}svc/{i:02}"), format!("10.2.0.{i}:80")).with_ttl(short_ttl()),
-        );
-        r.register().unwrap();
+        let r = registered(&client, format!("{p}svc/{i:02}"), format!("10.2.0.{i}:80"));
         regs.push(r);
     }
     let mut insts = Vec::new();

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use etcd_sd::channel::{Receiver, RecvTimeoutError};
 use etcd_sd::{
-    Client, ClientOptions, ErrorKind, Event, RegistrationEvent, RegistrationState, TtlOption,
+    Client, ClientOptions, ErrorKind, Event, Registrar, RegistrationEvent, RegistrationState,
+    Service, TtlOption,
 };
 
 use crate::support::EtcdServer;
@@ -34,6 +35,31 @@ pub fn connect_with(etcd: &EtcdServer, options: ClientOptions) -> Client {
 /// Heartbeat 500 ms, ttl 2 s: short enough to see leases expire in tests.
 pub fn short_ttl() -> TtlOption {
     TtlOption::new(Duration::from_millis(500), Duration::from_secs(2))
+}
+
+/// A Registrar of `key` → `value` with [`short_ttl`], registered.
+pub fn registered(client: &Client, key: impl Into<String>, value: impl Into<String>) -> Registrar {
+    let reg = Registrar::new(client, Service::new(key, value).with_ttl(short_ttl()));
+    reg.register()
+        .unwrap_or_else(|e| panic!("register {}: {e}", reg.service().key));
+    reg
+}
+
+/// Asserts that `result` failed the way an unreachable etcd makes calls fail
+/// (`Timeout` or `Unavailable`), and in less than `limit`.
+pub fn assert_unreachable<T: std::fmt::Debug>(
+    result: etcd_sd::Result<T>,
+    took: Duration,
+    limit: Duration,
+    what: &str,
+) {
+    let e = result.expect_err(what);
+    assert!(
+        matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+        "{what}: kind {:?}: {e}",
+        e.kind()
+    );
+    assert!(took < limit, "{what} took {took:?} (limit {limit:?})");
 }
 
 pub fn strs(v: &[&str]) -> Vec<String> {
