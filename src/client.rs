@@ -138,8 +138,10 @@ impl Client {
     /// A notifier for changes under `prefix` (go-kit's `WatchPrefix`): the
     /// receiver holds one `()` at once (the initial sentinel), then gets one
     /// after each change. Notifications are coalesced: at most one waits. The
-    /// watch resumes by itself after outages and ends once the receiver is
-    /// dropped and the next change comes, or when the client goes.
+    /// watch resumes by itself after outages. It ends when the client goes,
+    /// or once the receiver is dropped and the next change or etcd progress
+    /// notification comes (etcd sends one every 10 minutes by default; each
+    /// also brings a `()`, as every watch response does in go-kit).
     ///
     /// Prefer an [`Instancer`](crate::Instancer), which delivers the
     /// values themselves; this is go-kit's lower-level building block.

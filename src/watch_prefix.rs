@@ -35,7 +35,15 @@ impl Task {
                 if resp.created() {
                     backoff.reset();
                 }
-                if !resp.events().is_empty() && !self.notify() {
+                // Changes are notified. So are progress notifications (no
+                // events, not the creation; etcd sends one every 10 minutes
+                // by default): sending is the only way to learn that the
+                // receiver is gone, so this is when an idle watch ends. The
+                // extra `()` is what go-kit's WatchPrefix sends too, for
+                // every watch response.
+                let changes = !resp.events().is_empty();
+                let progress = !changes && !resp.created();
+                if (changes || progress) && !self.notify() {
                     return Flow::Stop;
                 }
                 Flow::Continue

@@ -240,6 +240,32 @@ fn watch_prefix_notifies_a_change_made_while_the_link_was_down() {
     }
 }
 
+/// An idle `watch_prefix` whose receiver is dropped ends at etcd's next
+/// progress notification (every 300 ms here, 10 minutes by default), not only
+/// at the next change.
+#[test]
+fn watch_prefix_ends_after_its_receiver_is_dropped_even_when_idle() {
+    let etcd = EtcdServer::start_with(support::EtcdConfig {
+        extra_args: vec!["--experimental-watch-progress-notify-interval=300ms".into()],
+        ..Default::default()
+    });
+    let client = connect(&etcd);
+    const WATCHERS: &str = "etcd_debugging_mvcc_watcher_total";
+    let before = etcd.metric(WATCHERS, &[]);
+    let p = unique_prefix("watch-drop");
+    let rx = client.watch_prefix(&p).unwrap();
+    assert_eq!(rx.recv_timeout(secs(5)), Ok(()), "initial sentinel");
+    assert!(
+        wait_until(secs(5), || etcd.metric(WATCHERS, &[]) == before + 1.0),
+        "the watch was not created"
+    );
+    drop(rx);
+    assert!(
+        wait_until(secs(10), || etcd.metric(WATCHERS, &[]) == before),
+        "the watch of a dropped receiver is still open with no change under its prefix"
+    );
+}
+
 #[test]
 fn client_register_deregister_and_lease_id() {
     let etcd = EtcdServer::start();
