@@ -758,7 +758,7 @@ async fn keep_alive(
                             EventType::Put => {
                                 if let Some(kv) = ev.kv() {
                                     if kv.lease() != lease {
-                                        log::warn!(target: LOG, "{key}: overwritten by someone else (lease {}); waiting for it to go", kv.lease());
+                                        log::warn!(target: LOG, "{key}: overwritten by someone else (lease {:x}); waiting for it to go", kv.lease());
                                     }
                                 }
                             }
