@@ -53,7 +53,8 @@
 //! keep the lease alive at the heartbeat, watch its own key, and start again
 //! with backoff when the lease or the key is lost. An [`Instancer`] reads its
 //! prefix at a revision R, watches from R + 1 and applies each change to its
-//! view; it reads again only after a compaction.
+//! view; it reads again only when that history is gone (a compaction, or an
+//! etcd that lost its data).
 //!
 //! **Delivery.** Every update is an [`Event`] holding the whole set of
 //! instances as an [`Instances`] snapshot, built once and shared by every
@@ -89,8 +90,9 @@
 //!   events. [`Registrar::register`] returning an error does not stop this.
 //! * **No change is lost.** An Instancer misses no change between its read
 //!   and its watch, resumes a broken watch from the last revision it saw and
-//!   reads again after a compaction; its subscribers end up with etcd's exact
-//!   state. An identical set is not sent twice.
+//!   reads again after a compaction or when etcd comes back with its data
+//!   lost; its subscribers end up with etcd's exact state. An identical set
+//!   is not sent twice.
 //! * **Outages are reported once.** While etcd is unreachable subscribers get
 //!   one Event with `err` set and the **last good** instances, then an Event
 //!   without `err` when it is back.
@@ -166,7 +168,7 @@
 //! | --- | --- |
 //! | `etcd_sd::runtime` | connected (info); auth token refreshes, shutdown (debug) |
 //! | `etcd_sd::registrar` | `Registering`, `Registered`, `Deregistered` (info); `Lost`, and the first failure of each kind (warn); repeated failures (debug) |
-//! | `etcd_sd::instancer` | a prefix without a final `/`, the watch going down (warn, once per outage); a re-read after compaction (info); each failed attempt (debug) |
+//! | `etcd_sd::instancer` | a prefix without a final `/`, the watch going down (warn, once per outage); a re-read after compaction or lost data (info); each failed attempt (debug) |
 //! | `etcd_sd::dispatch` | a callback that panicked (error); stops (debug) |
 //! | `etcd_sd::sd` | a factory that failed (warn) or panicked (error); invalidation (warn); recovery (info) |
 //! | `etcd_sd::client`, `etcd_sd::watch_prefix` | retries and replacements (debug) |
