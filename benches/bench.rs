@@ -490,38 +490,22 @@ fn propagation(
         let value_f = format!("10.2.0.{}:{}", i % 250, 9000 + i);
         // Ours and the floor take turns going first, so that neither gains
         // from what the other just did to etcd.
-        if i % 2 == 0 {
-            let (reg, dereg) = registration_ours(&client, &ours, &format!("{prefix}r{i}"), &value);
-            let (reg_f, dereg_f) = registration_floor(
-                rt,
-                &mut leases,
-                &mut kv,
-                &floor,
-                &format!("{prefix}f{i}"),
-                &value_f,
-            );
-            reg_ours.push(reg);
-            dereg_ours.push(dereg);
-            reg_floor.push(reg_f);
-            dereg_floor.push(dereg_f);
+        let ours_pair = || registration_ours(&client, &ours, &format!("{prefix}r{i}"), &value);
+        let mut floor_pair = || {
+            let key = format!("{prefix}f{i}");
+            registration_floor(rt, &mut leases, &mut kv, &floor, &key, &value_f)
+        };
+        let ((reg, dereg), (reg_f, dereg_f)) = if i % 2 == 0 {
+            let o = ours_pair();
+            (o, floor_pair())
         } else {
-            let (reg_f, dereg_f) = registration_floor(
-                rt,
-                &mut leases,
-                &mut kv,
-                &floor,
-                &format!("{prefix}f{i}"),
-                &value_f,
-            );
-            let (reg, dereg) = registration_ours(&client, &ours, &format!("{prefix}r{i}"), &value);
-            reg_ours.push(reg);
-            dereg_ours.push(dereg);
-            reg_floor.push(reg_f);
-            dereg_floor.push(dereg_f);
-        }
-        // Our own events for the floor's keys: value is the same, so the set
-        // changes; drain them.
-        while ours.try_recv().is_ok() {}
+            let f = floor_pair();
+            (ours_pair(), f)
+        };
+        reg_ours.push(reg);
+        dereg_ours.push(dereg);
+        reg_floor.push(reg_f);
+        dereg_floor.push(dereg_f);
     }
 
     let mut t = String::from(

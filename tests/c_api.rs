@@ -303,24 +303,13 @@ fn examples_build_and_run() {
         Command::new(&registrar).args([ep.as_str(), key.as_str(), "http://10.0.0.1:8080", "1"]),
         Duration::from_secs(60),
     );
-    let reg_out = String::from_utf8_lossy(&reg.stdout);
-    assert!(
-        reg.status.success(),
-        "registrar: {reg_out}{}",
-        String::from_utf8_lossy(&reg.stderr)
-    );
+    let reg_out = succeeded("registrar", &reg);
     assert!(
         reg_out.contains("registered") && reg_out.contains("deregistered"),
         "{reg_out}"
     );
     for (name, child) in [("watcher_callback", watch_cb), ("watcher_poll", watch_poll)] {
-        let out = wait_child(child, Duration::from_secs(60));
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{name}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = succeeded(name, &wait_child(child, Duration::from_secs(60)));
         assert!(text.contains("0 instance(s)"), "{name}: {text}");
         assert!(
             text.contains("1 instance(s) http://10.0.0.1:8080"),
@@ -332,12 +321,7 @@ fn examples_build_and_run() {
         Command::new(&service).args([ep.as_str(), prefix.as_str(), "http://10.0.0.2:9090", "1"]),
         Duration::from_secs(60),
     );
-    let svc_out = String::from_utf8_lossy(&svc.stdout);
-    assert!(
-        svc.status.success(),
-        "service: {svc_out}{}",
-        String::from_utf8_lossy(&svc.stderr)
-    );
+    let svc_out = succeeded("service", &svc);
     assert!(
         svc_out.contains("calling http://10.0.0.2:9090"),
         "{svc_out}"
@@ -347,13 +331,21 @@ fn examples_build_and_run() {
             Command::new(exe).args([ep.as_str(), prefix.as_str()]),
             Duration::from_secs(60),
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+        assert!(succeeded("hello", &out).contains(env!("CARGO_PKG_VERSION")));
     }
+}
+
+/// Asserts that a program exited with success (showing its output if not)
+/// and returns its stdout.
+fn succeeded(name: &str, out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed ({:?}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// Waits for a child started by this test, killing it after `timeout`.
