@@ -308,15 +308,25 @@ pub(crate) fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String> {
     Ok(format!("{scheme}://{rest}"))
 }
 
-/// Maps our options onto etcd-client's: keep-alive while idle at
-/// `dial_keep_alive`, `require_leader` (so a member cut off from its cluster
-/// fails watches instead of going silent), token refresh, TLS and user.
+/// The shortest HTTP/2 ping interval we use. etcd's default server policy
+/// (`--grpc-keepalive-min-time`) accepts one ping per 5 s and closes the
+/// connection of a client that pings more often; etcd's Go client (through
+/// gRPC) raises anything under 10 s to 10 s, and so do we. A hung member is
+/// found by the application-level probes of `members.rs` instead.
+pub(crate) const MIN_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Maps our options onto etcd-client's, for the connection to each member:
+/// HTTP/2 pings every `max(dial_keep_alive, 10 s)` while streams are open
+/// (never on an idle connection, which etcd's policy does not permit either),
+/// answered within `dial_keep_alive`; `require_leader` (so a member cut off
+/// from its cluster fails watches instead of going silent), token refresh,
+/// TLS and user.
 fn connect_options(options: &ClientOptions) -> Result<etcd_client::ConnectOptions> {
     let keep_alive = options.effective_dial_keep_alive();
     let mut connect = etcd_client::ConnectOptions::new()
         .with_connect_timeout(options.effective_dial_timeout())
-        .with_keep_alive(keep_alive, keep_alive)
-        .with_keep_alive_while_idle(true)
+        .with_keep_alive(keep_alive.max(MIN_PING_INTERVAL), keep_alive)
+        .with_keep_alive_while_idle(false)
         .with_tcp_keepalive(keep_alive)
         .with_require_leader(true)
         .with_auto_token_refresh(true);

@@ -311,6 +311,8 @@ pub(crate) fn from_etcd(e: etcd_client::Error) -> Error {
                 _ => ErrorKind::Etcd,
             }
         }
+        // etcd-client's own words when the first keep-alive finds no lease.
+        E::LeaseKeepAliveError(msg) if msg.contains("lease not found") => ErrorKind::Etcd,
         E::WatchError(_) | E::LeaseKeepAliveError(_) => ErrorKind::Unavailable,
         _ if looks_like_auth(&text) => ErrorKind::Auth,
         _ => ErrorKind::Etcd,
@@ -359,7 +361,50 @@ pub(crate) fn from_cancel_reason(reason: &str) -> Error {
 
 /// True when an etcd error says the lease does not exist (any more).
 pub(crate) fn is_lease_not_found(e: &Error) -> bool {
-    e.kind() == ErrorKind::Etcd && e.message().contains("requested lease not found")
+    // etcd says "requested lease not found"; etcd-client's keep-alive says
+    // "lease not found".
+    e.kind() == ErrorKind::Etcd && e.message().contains("lease not found")
+}
+
+/// True when another member may well succeed where this error came from
+/// one: the member is unreachable, hung, cut off from its leader or busy
+/// electing one. Definite answers (permissions, bad requests, a lease that
+/// does not exist) are the cluster's, and the same everywhere.
+pub(crate) fn worth_another_member(e: &Error) -> bool {
+    match e.kind() {
+        ErrorKind::Unavailable | ErrorKind::Timeout => true,
+        ErrorKind::Etcd => {
+            let text = e.message().to_ascii_lowercase();
+            [
+                "no leader",
+                "leader changed",
+                "not capable",
+                "too many requests",
+                "stopped",
+            ]
+            .iter()
+            .any(|w| text.contains(w))
+        }
+        _ => false,
+    }
+}
+
+/// True when etcd says a revision asked for is past its own: the history it
+/// holds is not the one the revision came from.
+pub(crate) fn is_future_revision(e: &Error) -> bool {
+    e.message()
+        .contains("required revision is a future revision")
+}
+
+/// True when etcd says a revision asked for has been compacted away.
+pub(crate) fn is_compacted(e: &Error) -> bool {
+    e.message().contains("required revision has been compacted")
+}
+
+/// True when etcd says a lease granted with our id exists already (an
+/// earlier attempt of the same grant got through).
+pub(crate) fn is_lease_exists(e: &Error) -> bool {
+    e.message().contains("lease already exists")
 }
 
 #[cfg(test)]

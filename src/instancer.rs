@@ -21,7 +21,7 @@ use crate::dispatch::Topic;
 use crate::error::{Error, Result};
 use crate::instances::{Event, Instances};
 use crate::name::Name;
-use crate::prefix_watch::{self, End, Flow};
+use crate::prefix_watch::{self, End, Flow, Position};
 use crate::runtime::{read_prefix, wait_reply, Command, Core, Ctx, Reply};
 
 const LOG: &str = "etcd_sd::instancer";
@@ -287,15 +287,19 @@ impl Drop for Instancer {
 /// key → value, value → number of keys holding it, and the visible set of
 /// distinct values (copy-on-write chunks, so a snapshot is O(1)). Each
 /// distinct value is one shared [`Name`], whoever holds it.
+///
+/// Keys are kept as etcd's bytes: two keys that differ only in bytes that are
+/// not UTF-8 are two instances. Values are converted lossily for the `&str`
+/// API.
 #[derive(Default)]
 struct View {
-    by_key: HashMap<String, Name>,
+    by_key: HashMap<Vec<u8>, Name>,
     counts: HashMap<Name, usize>,
     set: SortedChunks<Name>,
 }
 
 impl View {
-    fn reset(&mut self, kvs: Vec<(String, String)>) {
+    fn reset(&mut self, kvs: Vec<(Vec<u8>, String)>) {
         self.by_key.clear();
         self.counts.clear();
         for (k, v) in kvs {
@@ -327,7 +331,7 @@ impl View {
     }
 
     /// Applies a put; true when the visible set changed.
-    fn put(&mut self, key: String, value: &str) -> bool {
+    fn put(&mut self, key: Vec<u8>, value: &str) -> bool {
         if let Some(old) = self.by_key.get(&key) {
             if old.as_str() == value {
                 return false;
@@ -348,7 +352,7 @@ impl View {
     }
 
     /// Applies a delete; true when the visible set changed.
-    fn delete(&mut self, key: &str) -> bool {
+    fn delete(&mut self, key: &[u8]) -> bool {
         match self.by_key.remove(key) {
             Some(old) => self.dec(&old),
             None => false,
@@ -375,6 +379,10 @@ impl View {
     }
 }
 
+/// How often a broken watch may be resumed at once, without an error Event
+/// and without backoff.
+const QUIET_RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The watch loop of one Instancer, run on the runtime thread.
 pub(crate) struct Task {
     prefix: String,
@@ -387,9 +395,15 @@ impl Task {
     pub(crate) async fn run(mut self, ctx: Ctx) {
         let mut view = View::default();
         let mut snapshot = Instances::default();
-        let mut revision = 0i64;
+        let mut position = Position::default();
         let mut need_read = true;
         let mut backoff = Backoff::standard();
+        // A session that broke after it was up is opened again at once (on
+        // another member, when its own stopped answering) before anyone is
+        // told: only when that fails do subscribers get an error Event. At
+        // most once per QUIET_RETRY_EVERY, so a stream that etcd keeps
+        // cancelling right after creating it still backs off.
+        let mut last_quiet_retry: Option<tokio::time::Instant> = None;
         loop {
             if need_read {
                 let read = tokio::select! {
@@ -397,10 +411,10 @@ impl Task {
                     _ = stopped(&mut self.stop) => return,
                 };
                 match read {
-                    Ok((rev, kvs)) => {
-                        view.reset(kvs);
+                    Ok(read) => {
+                        position = Position::after_read(&read);
+                        view.reset(read.kvs);
                         snapshot = view.snapshot();
-                        revision = rev;
                         need_read = false;
                         self.topic.publish(Event {
                             instances: snapshot.clone(),
@@ -423,18 +437,33 @@ impl Task {
                     }
                 }
             }
-            match self
-                .watch(&ctx, &mut view, &mut snapshot, &mut revision, &mut backoff)
-                .await
-            {
+            let mut established = false;
+            let end = self
+                .watch(
+                    &ctx,
+                    &mut view,
+                    &mut snapshot,
+                    &mut position,
+                    &mut backoff,
+                    &mut established,
+                )
+                .await;
+            match end {
                 End::Stopped => return,
-                End::HistoryGone => {
-                    log::info!(target: LOG, "{}: etcd's history after revision {revision} is gone (compacted, or etcd lost its data); reading again", self.prefix);
+                End::HistoryGone(why) => {
+                    log::info!(target: LOG, "{}: {why} (after revision {}); reading again", self.prefix, position.revision);
                     need_read = true;
                 }
                 End::Broken(e) => {
                     // An expired token cancels watches; get a fresh one.
                     ctx.refresh_auth(&e).await;
+                    let quiet_ok =
+                        last_quiet_retry.is_none_or(|t| t.elapsed() >= QUIET_RETRY_EVERY);
+                    if established && quiet_ok {
+                        last_quiet_retry = Some(tokio::time::Instant::now());
+                        log::debug!(target: LOG, "{}: watch broke ({e}); resuming at once", self.prefix);
+                        continue;
+                    }
                     self.report(&snapshot, e);
                     if !self.pause(&mut backoff).await {
                         return;
@@ -470,14 +499,16 @@ impl Task {
         ctx: &Ctx,
         view: &mut View,
         snapshot: &mut Instances,
-        revision: &mut i64,
+        position: &mut Position,
         backoff: &mut Backoff,
+        established: &mut bool,
     ) -> End {
         use etcd_client::EventType;
         let prefix = &self.prefix;
         let topic = &self.topic;
-        let session = prefix_watch::session(ctx, prefix, revision, |resp| {
+        let session = prefix_watch::session(ctx, prefix, position, |resp| {
             if resp.created() {
+                *established = true;
                 backoff.reset();
                 // Back after an outage: say so, even if nothing changed.
                 let was_down = topic.current().err.is_some();
@@ -492,10 +523,11 @@ impl Task {
             let mut changed = false;
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
                 changed |= match ev.event_type() {
-                    EventType::Put => view.put(key, &String::from_utf8_lossy(kv.value())),
-                    EventType::Delete => view.delete(&key),
+                    EventType::Put => {
+                        view.put(kv.key().to_vec(), &String::from_utf8_lossy(kv.value()))
+                    }
+                    EventType::Delete => view.delete(kv.key()),
                 };
             }
             if changed {
@@ -527,21 +559,39 @@ mod tests {
     #[test]
     fn view_dedups_and_reports_visible_changes() {
         let mut v = View::default();
-        assert!(v.put("/a".into(), "x"));
-        assert!(!v.put("/b".into(), "x"), "same value under a second key");
-        assert!(!v.put("/a".into(), "x"), "identical re-put");
-        assert!(!v.delete("/a"), "x still under /b");
-        assert!(v.delete("/b"));
-        assert!(!v.delete("/nope"));
-        assert!(v.put("/a".into(), "y"));
-        assert!(v.put("/a".into(), "z"), "value replaced");
+        assert!(v.put(b"/a".to_vec(), "x"));
+        assert!(!v.put(b"/b".to_vec(), "x"), "same value under a second key");
+        assert!(!v.put(b"/a".to_vec(), "x"), "identical re-put");
+        assert!(!v.delete(b"/a"), "x still under /b");
+        assert!(v.delete(b"/b"));
+        assert!(!v.delete(b"/nope"));
+        assert!(v.put(b"/a".to_vec(), "y"));
+        assert!(v.put(b"/a".to_vec(), "z"), "value replaced");
         assert_eq!(v.snapshot().to_vec(), ["z"]);
         v.reset(vec![
-            ("/1".into(), "b".into()),
-            ("/2".into(), "a".into()),
-            ("/3".into(), "a".into()),
+            (b"/1".to_vec(), "b".into()),
+            (b"/2".to_vec(), "a".into()),
+            (b"/3".to_vec(), "a".into()),
         ]);
         assert_eq!(v.snapshot().to_vec(), ["a", "b"]);
+    }
+
+    #[test]
+    fn keys_that_differ_only_in_invalid_utf8_stay_two_instances() {
+        let mut v = View::default();
+        assert!(v.put(b"/p/\xff".to_vec(), "one"));
+        assert!(
+            v.put(b"/p/\xfe".to_vec(), "two"),
+            "another key, not a replacement"
+        );
+        assert_eq!(v.snapshot().to_vec(), ["one", "two"]);
+        assert!(v.delete(b"/p/\xff"));
+        assert_eq!(v.snapshot().to_vec(), ["two"]);
+        v.reset(vec![
+            (b"/p/\xff".to_vec(), "one".into()),
+            (b"/p/\xfe".to_vec(), "two".into()),
+        ]);
+        assert_eq!(v.snapshot().len(), 2);
     }
 
     #[test]

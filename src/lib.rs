@@ -216,6 +216,7 @@ mod ffi;
 mod instancer;
 mod instances;
 pub mod lb;
+mod members;
 mod name;
 mod options;
 mod prefix_watch;

@@ -75,10 +75,18 @@ pub struct ClientOptions {
     /// bound of each TCP connect (reconnections included). `ZERO` means 3 s; values over 24 h are cut
     /// to 24 h (true of every timeout here, so none can overflow).
     pub dial_timeout: Duration,
-    /// Interval of HTTP/2 keep-alive pings (sent even while idle) and how long
-    /// to wait for their answer before the link is declared dead. `ZERO` means
-    /// 3 s; kept between 1 s and 2 h (etcd closes connections that ping more
-    /// often than its `--grpc-keepalive-min-time` while they carry no stream).
+    /// HTTP/2 keep-alive of each connection (etcd's Go client's
+    /// `DialKeepAliveTime`/`DialKeepAliveTimeout` in one): how long to wait
+    /// for a ping's answer before the link is declared dead, and the ping
+    /// interval, which is raised to at least 10 s as etcd's Go client does,
+    /// because etcd closes connections that ping more often than its
+    /// `--grpc-keepalive-min-time` (5 s by default). Pings go only while a
+    /// connection carries streams. `ZERO` means 3 s; kept between 1 s and 2 h.
+    ///
+    /// A member that hangs (stopped, overloaded, cut off) is not left to the
+    /// pings: the client probes the members it uses every second with a
+    /// bounded status call and moves watches and keep-alives off one that
+    /// does not answer within 1 s.
     pub dial_keep_alive: Duration,
     /// Bound of every other blocking call, and of each request the
     /// background tasks make. `ZERO` means 5 s.

@@ -2,28 +2,33 @@
 //! the Instancer and `Client::watch_prefix` both run, each with its own
 //! handling of the responses.
 //!
-//! The session keeps the revision of the last change seen (and of progress
-//! notifications, which say everything up to them was sent), so the next
-//! session starts right after it: no change is missed and none repeated.
-//! Only the loss of that history ends the chain ([`End::HistoryGone`]): a
-//! compaction past the revision, or an etcd whose revisions went back (it
-//! lost its data, or the cluster was rebuilt), where a watch resumed after
-//! the old revision would wait for revisions that never come.
+//! A [`Position`] carries the chain from one session to the next: the
+//! revision of the last change seen (and of progress notifications, which
+//! say everything up to them was sent), so the next session starts right
+//! after it and no change is missed or repeated; and an [`Anchor`], the last
+//! key written that the chain saw, to check after every break that etcd still
+//! holds the same history. Only the loss of that history ends the chain
+//! ([`End::HistoryGone`]): a compaction past the revision, an etcd whose
+//! revisions went back, another cluster on the same address, or an etcd that
+//! lost its data and has since written past the revision (its anchor key is
+//! not what it was at the anchor's revision).
 
-use etcd_client::{WatchOptions, WatchResponse};
+use etcd_client::{GetOptions, KeyValue, WatchOptions, WatchResponse};
 
-use crate::error::{from_cancel_reason, from_etcd, Error, ErrorKind};
-use crate::runtime::Ctx;
+use crate::error::{
+    from_cancel_reason, from_etcd, is_compacted, is_future_revision, Error, ErrorKind,
+};
+use crate::runtime::{kv, watch, Ctx, PrefixRead};
 
 /// How a session ended.
 #[derive(Debug)]
 pub(crate) enum End {
     /// The handler asked to stop.
     Stopped,
-    /// The history to resume from is gone: compacted away, or replaced (etcd
-    /// is at a revision below the one to resume from). Read again.
-    HistoryGone,
-    /// The stream could not be opened, broke, or was cancelled by etcd.
+    /// The history to resume from is gone (the text says why). Read again.
+    HistoryGone(&'static str),
+    /// The stream could not be opened, broke, was cancelled by etcd, or its
+    /// member stopped answering.
     Broken(Error),
 }
 
@@ -33,63 +38,214 @@ pub(crate) enum Flow {
     Stop,
 }
 
-/// Watches `prefix` after `*revision`, or from now when it is 0, with
+/// A key as it was written at one revision: if etcd still holds the history
+/// the chain comes from, reading the key at that revision gives it back
+/// exactly (same creation, modification and version).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Anchor {
+    key: Vec<u8>,
+    create_revision: i64,
+    mod_revision: i64,
+    version: i64,
+}
+
+impl Anchor {
+    fn of(kv: &KeyValue) -> Anchor {
+        Anchor {
+            key: kv.key().to_vec(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            version: kv.version(),
+        }
+    }
+
+    /// Keeps in `slot` whichever of it and `kv` was written last.
+    pub(crate) fn keep_latest(slot: &mut Option<Anchor>, kv: &KeyValue) {
+        if kv.mod_revision() > slot.as_ref().map_or(0, |a| a.mod_revision) {
+            *slot = Some(Anchor::of(kv));
+        }
+    }
+
+    fn matches(&self, kv: &KeyValue) -> bool {
+        *self == Anchor::of(kv)
+    }
+}
+
+/// Where a chain of sessions stands.
+#[derive(Debug, Default)]
+pub(crate) struct Position {
+    /// The last revision known to be delivered in full; 0: start from now.
+    pub(crate) revision: i64,
+    anchor: Option<Anchor>,
+    /// The history is known to be the one `revision` belongs to (just read,
+    /// or checked since the last break).
+    checked: bool,
+}
+
+impl Position {
+    /// Right after a read of the prefix.
+    pub(crate) fn after_read(read: &PrefixRead) -> Position {
+        Position {
+            revision: read.revision,
+            anchor: read.anchor.clone(),
+            checked: true,
+        }
+    }
+
+    /// From now on, knowing nothing of the past.
+    pub(crate) fn from_now() -> Position {
+        Position {
+            revision: 0,
+            anchor: None,
+            checked: true,
+        }
+    }
+}
+
+/// Watches `prefix` after `pos.revision`, or from now when it is 0, with
 /// progress notifications, and calls `on` with every response that is not a
-/// cancellation (the creation, changes, progress). Keeps `*revision` at the
-/// last revision known to be delivered in full. Opening is bounded by the
-/// request timeout; an open session runs until it ends (drop it to stop it).
+/// cancellation (the creation, changes, progress). Keeps `pos` up to date.
+/// After a break, first checks that etcd still holds the same history.
+/// Opening is bounded by the request timeout and moves between members as
+/// every call does; an open session runs until it ends (drop it to stop it),
+/// and ends when its member is declared hung.
 pub(crate) async fn session(
     ctx: &Ctx,
     prefix: &str,
-    revision: &mut i64,
+    pos: &mut Position,
+    on: impl FnMut(&WatchResponse) -> Flow,
+) -> End {
+    let end = run(ctx, prefix, pos, on).await;
+    if let End::Broken(_) = end {
+        // Until checked again, the next member or a restarted etcd may hold
+        // another history.
+        pos.checked = false;
+    }
+    end
+}
+
+async fn run(
+    ctx: &Ctx,
+    prefix: &str,
+    pos: &mut Position,
     mut on: impl FnMut(&WatchResponse) -> Flow,
 ) -> End {
-    let mut opts = WatchOptions::new().with_prefix().with_progress_notify();
-    if *revision > 0 {
-        opts = opts.with_start_revision(*revision + 1);
+    if pos.revision > 0 && !pos.checked {
+        match same_history(ctx, pos).await {
+            Ok(None) => pos.checked = true,
+            Ok(Some(why)) => return End::HistoryGone(why),
+            Err(e) => return End::Broken(e),
+        }
     }
-    let mut client = ctx.watch();
-    let mut stream = match ctx.bounded("watch", client.watch(prefix, Some(opts))).await {
-        Ok(s) => s,
+    let mut opts = WatchOptions::new().with_prefix().with_progress_notify();
+    if pos.revision > 0 {
+        opts = opts.with_start_revision(pos.revision + 1);
+    }
+    let key = prefix.to_owned();
+    let open = ctx
+        .open("watch", ctx.request_timeout, move |c| {
+            let (key, opts) = (key.clone(), opts.clone());
+            async move { watch(&c).watch(key, Some(opts)).await }
+        })
+        .await;
+    let (mut member, mut stream) = match open {
+        Ok(pair) => pair,
         Err(e) => return End::Broken(e),
     };
     loop {
-        let resp = match stream.message().await {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            _ = member.hung() => {
+                return End::Broken(Error::new(ErrorKind::Unavailable,
+                    format!("member {} stopped answering", member.endpoint())));
+            }
+        };
+        let resp = match message {
             Ok(Some(resp)) => resp,
             Ok(None) => {
-                return End::Broken(Error::new(ErrorKind::Unavailable, "watch stream closed"))
+                let e = Error::new(ErrorKind::Unavailable, "watch stream closed");
+                member.failed(&e);
+                return End::Broken(e);
             }
-            Err(e) => return End::Broken(from_etcd(e).context("watch")),
+            Err(e) => {
+                let e = from_etcd(e).context("watch");
+                member.failed(&e);
+                return End::Broken(e);
+            }
         };
         if resp.canceled() {
             if resp.compact_revision() > 0 {
-                return End::HistoryGone;
+                return End::HistoryGone("compacted past the revision to resume from");
             }
-            return End::Broken(from_cancel_reason(resp.cancel_reason()));
+            let e = from_cancel_reason(resp.cancel_reason());
+            member.failed(&e);
+            return End::Broken(e);
         }
         let header = resp.header().map(|h| h.revision()).unwrap_or(0);
         if resp.created() {
-            if header < *revision {
-                // etcd is behind what we saw from it: a new history.
-                return End::HistoryGone;
+            if !ctx.members.same_cluster(resp.header()) {
+                return End::HistoryGone("another cluster answers");
+            }
+            if header < pos.revision {
+                return End::HistoryGone("etcd's revision went back (it lost its data)");
             }
             // From now: everything after the creation's revision comes. (A
             // resumed watch must not jump ahead: the changes it missed are
             // still to come after the creation.)
-            if *revision == 0 {
-                *revision = header;
+            if pos.revision == 0 {
+                pos.revision = header;
             }
         } else if resp.events().is_empty() {
             // A progress notification: everything up to here was sent.
-            *revision = (*revision).max(header);
+            pos.revision = pos.revision.max(header);
         }
         for ev in resp.events() {
             if let Some(kv) = ev.kv() {
-                *revision = (*revision).max(kv.mod_revision());
+                pos.revision = pos.revision.max(kv.mod_revision());
+                if ev.event_type() == etcd_client::EventType::Put {
+                    Anchor::keep_latest(&mut pos.anchor, kv);
+                }
             }
         }
         if let Flow::Stop = on(&resp) {
             return End::Stopped;
         }
+    }
+}
+
+/// Checks that etcd still holds the history `pos` comes from: `None` when it
+/// does, the reason when it does not (or when there is nothing to check it
+/// against: then only a read is sure).
+async fn same_history(ctx: &Ctx, pos: &Position) -> crate::Result<Option<&'static str>> {
+    let Some(anchor) = pos.anchor.clone() else {
+        return Ok(Some("nothing seen to check the history against"));
+    };
+    let at = anchor.mod_revision;
+    let key = anchor.key.clone();
+    let read = ctx
+        .call("check history", move |c| {
+            let key = key.clone();
+            async move {
+                kv(&c)
+                    .get(key, Some(GetOptions::new().with_revision(at)))
+                    .await
+            }
+        })
+        .await;
+    match read {
+        Ok(resp) => {
+            if !ctx.members.same_cluster(resp.header()) {
+                return Ok(Some("another cluster answers"));
+            }
+            match resp.kvs().first() {
+                Some(kv) if anchor.matches(kv) => Ok(None),
+                _ => Ok(Some("etcd holds another history (it lost its data)")),
+            }
+        }
+        Err(e) if is_future_revision(&e) => {
+            Ok(Some("etcd's revision went back (it lost its data)"))
+        }
+        Err(e) if is_compacted(&e) => Ok(Some("compacted past the revision to resume from")),
+        Err(e) => Err(e),
     }
 }

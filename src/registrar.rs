@@ -22,10 +22,14 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
+use crate::backoff::SplitMix64;
 use crate::client::Client;
-use crate::error::{from_cancel_reason, from_etcd, is_lease_not_found, Error, ErrorKind, Result};
+use crate::error::{
+    from_cancel_reason, from_etcd, is_lease_exists, is_lease_not_found, Error, ErrorKind, Result,
+};
+use crate::members::InUse;
 use crate::options::{Service, TtlOption};
-use crate::runtime::{wait_reply, Command, Core, Ctx, Reply};
+use crate::runtime::{kv, wait_reply, watch, Command, Core, Ctx, Reply};
 
 const LOG: &str = "etcd_sd::registrar";
 
@@ -494,19 +498,7 @@ impl Task {
     /// Deregisters (revoking `lease` if known) and reports to whoever asked.
     async fn finish(&mut self, ctx: &Ctx, control: Option<Control>, lease: Option<i64>) {
         let result = match lease {
-            Some(id) => {
-                let mut leases = ctx.etcd.lease_client();
-                ctx.bounded("revoke lease", leases.revoke(id))
-                    .await
-                    .map(|_| ())
-                    .or_else(|e| {
-                        if is_lease_not_found(&e) {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-            }
+            Some(id) => revoke(ctx, id).await,
             None => Ok(()),
         };
         self.shared.set(
@@ -521,9 +513,79 @@ impl Task {
     }
 }
 
+/// Revokes a lease; one that is gone already is fine.
+async fn revoke(ctx: &Ctx, id: i64) -> Result<()> {
+    ctx.call("revoke lease", move |c| async move {
+        c.lease_client().revoke(id).await
+    })
+    .await
+    .map(|_| ())
+    .or_else(|e| {
+        if is_lease_not_found(&e) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })
+}
+
+/// Grants a lease of `ttl` with an id of our choosing, so that a grant that
+/// reaches etcd twice (sent again to another member when the first did not
+/// answer in time) makes one lease, not two: the second attempt hears that
+/// the lease exists, which is ours.
+async fn grant(ctx: &Ctx, ttl: TtlOption) -> Result<i64> {
+    let id = new_lease_id();
+    let seconds = ttl.lease_seconds();
+    match ctx
+        .call("grant lease", move |c| async move {
+            let options = etcd_client::LeaseGrantOptions::new().with_id(id);
+            c.lease_client().grant(seconds, Some(options)).await
+        })
+        .await
+    {
+        Ok(resp) => Ok(resp.id()),
+        Err(e) if is_lease_exists(&e) => Ok(id),
+        Err(e) => Err(e),
+    }
+}
+
+/// A random positive lease id (etcd takes any but 0; 63 random bits make a
+/// clash with another lease as good as impossible).
+fn new_lease_id() -> i64 {
+    thread_local! {
+        static RNG: std::cell::RefCell<SplitMix64> = std::cell::RefCell::new(SplitMix64::from_entropy());
+    }
+    loop {
+        let id = RNG.with(|r| (r.borrow_mut().next_u64() >> 1) as i64);
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// Writes the service's key under `lease`; returns the revision of the write.
+async fn put(ctx: &Ctx, service: &Service, lease: i64) -> Result<i64> {
+    let (key, value) = (service.key.clone(), service.value.clone());
+    let resp = ctx
+        .call("put", move |c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                kv(&c)
+                    .put(
+                        key,
+                        value,
+                        Some(etcd_client::PutOptions::new().with_lease(lease)),
+                    )
+                    .await
+            }
+        })
+        .await?;
+    Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+}
+
 /// What [`establish`] returns: the lease, the revision of the write and the
 /// watch on the key (when it could be opened).
-type Established = (i64, i64, Option<etcd_client::WatchStream>);
+type Established = (i64, i64, Option<OwnKeyWatch>);
 
 /// Grants a lease (unless `lease` is given and still valid) and writes the key
 /// under it. Returns the lease, the revision of the write and a watch on the
@@ -541,45 +603,22 @@ async fn establish(
     ttl: TtlOption,
     lease: Option<i64>,
 ) -> std::result::Result<Established, (Error, Option<i64>)> {
-    let mut leases = ctx.etcd.lease_client();
-    let kv = ctx.kv();
-    let put = |id: i64| {
-        let mut kv = kv.clone();
-        let key = service.key.clone();
-        let value = service.value.clone();
-        async move {
-            kv.put(
-                key,
-                value,
-                Some(etcd_client::PutOptions::new().with_lease(id)),
-            )
-            .await
-        }
-    };
-    let revision_of =
-        |resp: etcd_client::PutResponse| resp.header().map(|h| h.revision()).unwrap_or(0);
     let watch = watch_own_key(ctx, &service.key, WatchFrom::Now, open_bound(ctx, ttl));
     let (watch, granted) = match lease {
         Some(id) => {
             let watch = watch.await;
-            match ctx.bounded("put", put(id)).await {
-                Ok(resp) => return Ok((id, revision_of(resp), watch)),
+            match put(ctx, service, id).await {
+                Ok(revision) => return Ok((id, revision, watch)),
                 Err(e) if is_lease_not_found(&e) => {}
                 Err(e) => return Err((e, Some(id))),
             }
-            let granted = ctx
-                .bounded("grant lease", leases.grant(ttl.lease_seconds(), None))
-                .await;
-            (watch, granted)
+            (watch, grant(ctx, ttl).await)
         }
-        None => {
-            let grant = ctx.bounded("grant lease", leases.grant(ttl.lease_seconds(), None));
-            tokio::join!(watch, grant)
-        }
+        None => tokio::join!(watch, grant(ctx, ttl)),
     };
-    let id = granted.map_err(|e| (e, None))?.id();
-    match ctx.bounded("put", put(id)).await {
-        Ok(resp) => Ok((id, revision_of(resp), watch)),
+    let id = granted.map_err(|e| (e, None))?;
+    match put(ctx, service, id).await {
+        Ok(revision) => Ok((id, revision, watch)),
         Err(e) => Err((e, Some(id))),
     }
 }
@@ -602,38 +641,51 @@ enum WatchFrom {
     After(i64),
 }
 
+/// A watch on a registrar's own key, and its member.
+type OwnKeyWatch = (InUse, etcd_client::WatchStream);
+
+/// A lease keep-alive stream, and its member.
+type Keeper = (
+    InUse,
+    etcd_client::LeaseKeeper,
+    etcd_client::LeaseKeepAliveStream,
+);
+
 /// Opens a watch on `key`; `None` if that fails within `bound` (logged).
 async fn watch_own_key(
     ctx: &Ctx,
     key: &str,
     from: WatchFrom,
     bound: Duration,
-) -> Option<etcd_client::WatchStream> {
-    let mut client = ctx.watch();
-    let open = async {
-        match from {
-            WatchFrom::After(revision) => {
-                let opts = etcd_client::WatchOptions::new().with_start_revision(revision + 1);
-                client.watch(key, Some(opts)).await.map_err(from_etcd)
-            }
-            WatchFrom::Now => {
-                let mut stream = client.watch(key, None).await.map_err(from_etcd)?;
-                match stream.message().await.map_err(from_etcd)? {
-                    Some(resp) if resp.created() && !resp.canceled() => Ok(stream),
-                    Some(resp) => Err(from_cancel_reason(resp.cancel_reason())),
-                    None => Err(Error::new(ErrorKind::Unavailable, "watch stream closed")),
+) -> Option<OwnKeyWatch> {
+    let owned = key.to_owned();
+    let open = ctx.open("watch own key", bound, move |c| {
+        let key = owned.clone();
+        async move {
+            let mut client = watch(&c);
+            match from {
+                WatchFrom::After(revision) => {
+                    let opts = etcd_client::WatchOptions::new().with_start_revision(revision + 1);
+                    client.watch(key, Some(opts)).await
+                }
+                WatchFrom::Now => {
+                    let mut stream = client.watch(key, None).await?;
+                    match stream.message().await? {
+                        Some(resp) if resp.created() && !resp.canceled() => Ok(stream),
+                        Some(resp) => Err(etcd_client::Error::WatchError(format!(
+                            "watch cancelled by etcd: {}",
+                            resp.cancel_reason()
+                        ))),
+                        None => Err(etcd_client::Error::WatchError("watch stream closed".into())),
+                    }
                 }
             }
         }
-    };
-    match tokio::time::timeout(bound, open).await {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(e)) => {
+    });
+    match open.await {
+        Ok(pair) => Some(pair),
+        Err(e) => {
             log::debug!(target: LOG, "{key}: cannot watch own key: {e}");
-            None
-        }
-        Err(_) => {
-            log::debug!(target: LOG, "{key}: watching own key timed out");
             None
         }
     }
@@ -642,8 +694,8 @@ async fn watch_own_key(
 /// The keep-alive stream and the own-key watch of one registration.
 #[derive(Default)]
 struct Streams {
-    keeper: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
-    watch: Option<etcd_client::WatchStream>,
+    keeper: Option<Keeper>,
+    watch: Option<OwnKeyWatch>,
 }
 
 /// Keeps `lease` alive at the heartbeat and watches `key` for changes after
@@ -683,42 +735,37 @@ async fn keep_alive(
                         format!("no keep-alive answered for {:?} (the ttl)", ttl.ttl())));
                 }
                 match keeper {
-                    Some((k, _)) => {
+                    Some((_, k, _)) => {
                         if k.keep_alive().await.is_err() {
                             *keeper = None;
                         }
                     }
                     None => {
-                        let mut leases = ctx.etcd.lease_client();
-                        match tokio::time::timeout(open_bound, leases.keep_alive(lease)).await {
-                            Ok(Ok(pair)) => {
+                        let open = ctx.open("keep-alive", open_bound, move |c| async move {
+                            c.lease_client().keep_alive(lease).await
+                        });
+                        match open.await {
+                            Ok((member, (k, stream))) => {
                                 // Opening sends and answers the first keep-alive.
                                 last_ok = tokio::time::Instant::now();
-                                *keeper = Some(pair);
+                                *keeper = Some((member, k, stream));
                             }
-                            Ok(Err(etcd_client::Error::LeaseKeepAliveError(msg))) if msg.contains("not found") => {
-                                return Loss::Lease(Error::new(ErrorKind::Etcd, "lease expired or revoked"));
-                            }
-                            Ok(Err(e)) => {
-                                let e = from_etcd(e);
-                                if is_lease_not_found(&e) {
-                                    return Loss::Lease(e);
-                                }
-                                log::debug!(target: LOG, "{key}: keep-alive stream failed: {e}");
-                            }
-                            Err(_) => log::debug!(target: LOG, "{key}: keep-alive stream open timed out"),
+                            Err(e) if is_lease_not_found(&e) => return Loss::Lease(e),
+                            Err(e) => log::debug!(target: LOG, "{key}: keep-alive stream failed: {e}"),
                         }
                     }
                 }
             }
-            msg = next_keep_alive(keeper) => match msg {
+            msg = next_message(keeper) => match msg {
                 Ok(Some(resp)) if resp.ttl() <= 0 => {
                     return Loss::Lease(Error::new(ErrorKind::Etcd, "lease expired or revoked"));
                 }
                 Ok(Some(_)) => last_ok = tokio::time::Instant::now(),
+                // Broken, or its member hung: a new stream, on the member
+                // that answers, at the next heartbeat.
                 Ok(None) | Err(_) => *keeper = None,
             },
-            msg = next_watch(watch) => match msg {
+            msg = next_message(watch) => match msg {
                 Ok(Some(resp)) => {
                     if resp.canceled() {
                         *watch = None;
@@ -729,8 +776,12 @@ async fn keep_alive(
                             // History is gone; a fresh watch from now plus a
                             // read tell us whether the key is still there.
                             watched_rev = resp.compact_revision() - 1;
-                            let mut kv = ctx.kv();
-                            if let Ok(r) = ctx.bounded("get own key", kv.get(key, None)).await {
+                            let owned = key.to_owned();
+                            let get = ctx.call("get own key", move |c| {
+                                let key = owned.clone();
+                                async move { kv(&c).get(key, None).await }
+                            });
+                            if let Ok(r) = get.await {
                                 watched_rev = r.header().map(|h| h.revision()).unwrap_or(watched_rev);
                                 if r.kvs().is_empty() {
                                     return Loss::Key(Error::new(ErrorKind::Etcd, "key deleted by someone else"));
@@ -771,20 +822,52 @@ async fn keep_alive(
     }
 }
 
-async fn next_keep_alive(
-    keeper: &mut Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
-) -> std::result::Result<Option<etcd_client::LeaseKeepAliveResponse>, etcd_client::Error> {
-    match keeper {
-        Some((_, stream)) => stream.message().await,
+/// The next message of a stream held with its member: `Err` when the stream
+/// broke or its member was declared hung (which the caller treats alike: a
+/// new stream, where etcd answers).
+async fn next_message<S: NextMessage>(
+    slot: &mut Option<S>,
+) -> std::result::Result<Option<S::Message>, Error> {
+    match slot {
+        Some(s) => s.next().await,
         None => std::future::pending().await,
     }
 }
 
-async fn next_watch(
-    watch: &mut Option<etcd_client::WatchStream>,
-) -> std::result::Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
-    match watch {
-        Some(w) => w.message().await,
-        None => std::future::pending().await,
+/// A stream of a registration, held with its member.
+trait NextMessage {
+    type Message;
+    async fn next(&mut self) -> std::result::Result<Option<Self::Message>, Error>;
+}
+
+/// Waits for `stream`'s next message, or for `member` to be declared hung.
+async fn message_or_hung<T>(
+    member: &mut InUse,
+    stream: impl std::future::Future<Output = std::result::Result<Option<T>, etcd_client::Error>>,
+) -> std::result::Result<Option<T>, Error> {
+    tokio::select! {
+        m = stream => m.map_err(|e| {
+            let e = from_etcd(e);
+            member.failed(&e);
+            e
+        }),
+        _ = member.hung() => Err(Error::new(ErrorKind::Unavailable,
+            format!("member {} stopped answering", member.endpoint()))),
+    }
+}
+
+impl NextMessage for Keeper {
+    type Message = etcd_client::LeaseKeepAliveResponse;
+    async fn next(&mut self) -> std::result::Result<Option<Self::Message>, Error> {
+        let (member, _, stream) = self;
+        message_or_hung(member, stream.message()).await
+    }
+}
+
+impl NextMessage for OwnKeyWatch {
+    type Message = etcd_client::WatchResponse;
+    async fn next(&mut self) -> std::result::Result<Option<Self::Message>, Error> {
+        let (member, stream) = self;
+        message_or_hung(member, stream.message()).await
     }
 }

@@ -12,9 +12,13 @@ use std::time::Duration;
 use crossbeam_channel as cb;
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
 use crate::dispatch::Dispatcher;
 use crate::error::{from_etcd, Error, ErrorKind, Result};
+use crate::members::{InUse, Members};
 use crate::options::ClientOptions;
+use crate::prefix_watch::Anchor;
 use crate::{instancer, registrar, watch_prefix};
 
 /// Where a task sends its one answer.
@@ -38,10 +42,10 @@ pub(crate) enum Command {
     WatchPrefix(watch_prefix::Task),
 }
 
-/// What tasks on the runtime thread share: the etcd connection and the timeouts.
+/// What tasks on the runtime thread share: the members and the timeouts.
 #[derive(Clone)]
 pub(crate) struct Ctx {
-    pub(crate) etcd: etcd_client::Client,
+    pub(crate) members: Arc<Members>,
     pub(crate) request_timeout: Duration,
 }
 
@@ -50,46 +54,90 @@ pub(crate) struct Ctx {
 /// values, or a watch catching up on many revisions at once, for good.
 const MAX_MESSAGE: usize = i32::MAX as usize;
 
+/// A KV client on `c` that accepts messages up to [`MAX_MESSAGE`].
+pub(crate) fn kv(c: &etcd_client::Client) -> etcd_client::KvClient {
+    c.kv_client().max_decoding_message_size(MAX_MESSAGE)
+}
+
+/// A watch client on `c` that accepts messages up to [`MAX_MESSAGE`].
+pub(crate) fn watch(c: &etcd_client::Client) -> etcd_client::WatchClient {
+    c.watch_client().max_decoding_message_size(MAX_MESSAGE)
+}
+
 impl Ctx {
-    /// A KV client that accepts messages up to [`MAX_MESSAGE`].
-    pub(crate) fn kv(&self) -> etcd_client::KvClient {
-        self.etcd.kv_client().max_decoding_message_size(MAX_MESSAGE)
-    }
-
-    /// A watch client that accepts messages up to [`MAX_MESSAGE`].
-    pub(crate) fn watch(&self) -> etcd_client::WatchClient {
-        self.etcd
-            .watch_client()
-            .max_decoding_message_size(MAX_MESSAGE)
-    }
-
     /// After an `Auth` failure of a stream (a watch cancelled for an expired
-    /// token), fetches a fresh token; unary calls refresh by themselves. A
+    /// token), fetches fresh tokens; unary calls refresh by themselves. A
     /// no-op without credentials; failures are only logged (the caller retries
     /// with backoff anyway).
     pub(crate) async fn refresh_auth(&self, after: &Error) {
         if after.kind() != ErrorKind::Auth {
             return;
         }
-        match tokio::time::timeout(self.request_timeout, self.etcd.refresh_token()).await {
-            Ok(Ok(())) => log::debug!(target: "etcd_sd::runtime", "auth token refreshed"),
-            Ok(Err(e)) => {
-                log::debug!(target: "etcd_sd::runtime", "auth token refresh failed: {}", from_etcd(e))
+        for client in self.members.connected() {
+            match tokio::time::timeout(self.request_timeout, client.refresh_token()).await {
+                Ok(Ok(())) => log::debug!(target: "etcd_sd::runtime", "auth token refreshed"),
+                Ok(Err(e)) => {
+                    log::debug!(target: "etcd_sd::runtime", "auth token refresh failed: {}", from_etcd(e))
+                }
+                Err(_) => log::debug!(target: "etcd_sd::runtime", "auth token refresh timed out"),
             }
-            Err(_) => log::debug!(target: "etcd_sd::runtime", "auth token refresh timed out"),
         }
     }
 
-    /// Runs one etcd request bounded by `request_timeout`, mapping errors.
-    pub(crate) async fn bounded<T, F>(&self, what: &str, fut: F) -> Result<T>
+    /// Runs one etcd request on the members, moving to another member when
+    /// one fails or hangs, all within `request_timeout` (see
+    /// [`Members::call`] for which requests may go through here).
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
     where
-        F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+        T: Send + 'static,
+        F: Fn(etcd_client::Client) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>
+            + Send
+            + 'static,
     {
-        match tokio::time::timeout(self.request_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(from_etcd(e).context(what)),
-            Err(_) => Err(Error::timeout(what)),
-        }
+        self.call_within(what, self.request_timeout, op)
+            .await
+            .map(|(_, v)| v)
+    }
+
+    /// As [`call`](Ctx::call), within `bound`, also saying which member
+    /// answered.
+    pub(crate) async fn call_within<T, F, Fut>(
+        &self,
+        what: &str,
+        bound: Duration,
+        op: F,
+    ) -> Result<(usize, T)>
+    where
+        T: Send + 'static,
+        F: Fn(etcd_client::Client) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>
+            + Send
+            + 'static,
+    {
+        self.members
+            .call(what, bound, op)
+            .await
+            .map_err(|e| e.context(what))
+    }
+
+    /// Opens a stream with `op` on the first member that answers within
+    /// `bound`, and holds that member for it (see [`InUse`]).
+    pub(crate) async fn open<T, F, Fut>(
+        &self,
+        what: &str,
+        bound: Duration,
+        op: F,
+    ) -> Result<(InUse, T)>
+    where
+        T: Send + 'static,
+        F: Fn(etcd_client::Client) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>
+            + Send
+            + 'static,
+    {
+        let (i, v) = self.call_within(what, bound, op).await?;
+        Ok((self.members.in_use(i), v))
     }
 }
 
@@ -256,15 +304,14 @@ fn run_runtime(
         }
     };
     rt.block_on(async move {
-        let etcd = match connect_and_check(&endpoints, connect, dial_timeout, tls).await {
-            Ok(etcd) => etcd,
-            Err(e) => {
-                let _ = started.send(Err(e));
-                return;
-            }
-        };
+        let members = Arc::new(Members::new(&endpoints, connect));
+        if let Err(e) = connect_and_check(&members, &endpoints, dial_timeout, tls).await {
+            let _ = started.send(Err(e));
+            return;
+        }
+        tokio::spawn(members.clone().probe_loop());
         let ctx = Ctx {
-            etcd,
+            members,
             request_timeout,
         };
         if started.send(Ok(())).is_err() {
@@ -281,9 +328,11 @@ fn run_runtime(
                 }
                 Command::DeleteKey { key, reply } => {
                     tokio::spawn(async move {
-                        let mut kv = ctx.kv();
                         let r = ctx
-                            .bounded("delete", kv.delete(key, None))
+                            .call("delete", move |c| {
+                                let key = key.clone();
+                                async move { kv(&c).delete(key, None).await }
+                            })
                             .await
                             .map(|_| ());
                         let _ = reply.send(r);
@@ -305,35 +354,35 @@ fn run_runtime(
     rt.shutdown_timeout(Duration::from_secs(1));
 }
 
+/// Checks that some member answers a status call within `dial_timeout`.
 async fn connect_and_check(
+    members: &Arc<Members>,
     endpoints: &[String],
-    connect: etcd_client::ConnectOptions,
     dial_timeout: Duration,
     tls: bool,
-) -> Result<etcd_client::Client> {
-    let deadline = tokio::time::Instant::now() + dial_timeout;
-    let attempt = async {
-        let mut client = etcd_client::Client::connect(endpoints, Some(connect))
-            .await
-            .map_err(|e| from_etcd(e).context("connect"))?;
-        client
-            .status()
-            .await
-            .map_err(|e| from_etcd(e).context("status"))?;
-        Ok::<_, Error>(client)
-    };
-    match tokio::time::timeout_at(deadline, attempt).await {
-        Ok(Err(e)) if tls && closed_during_handshake(&e) => Err(Error::with_source(
+) -> Result<()> {
+    let status = members
+        .call("status", dial_timeout, |c| async move {
+            c.maintenance_client().status().await
+        })
+        .await;
+    match status {
+        Ok((_, resp)) => {
+            members.same_cluster(resp.header());
+            Ok(())
+        }
+        Err(e) if tls && closed_during_handshake(&e) => Err(Error::with_source(
             ErrorKind::Tls,
             "the server closed the connection right after the TLS handshake \
              (most likely it refused the client certificate, or asked for one)",
             e,
         )),
-        Ok(r) => r,
-        Err(_) => Err(Error::new(
+        Err(e) if e.kind() == ErrorKind::Timeout => Err(Error::with_source(
             ErrorKind::Timeout,
             format!("no etcd member at {endpoints:?} answered within {dial_timeout:?}"),
+            e,
         )),
+        Err(e) => Err(e.context("connect")),
     }
 }
 
@@ -357,53 +406,73 @@ fn closed_during_handshake(e: &Error) -> bool {
 /// Reads the values under `prefix` in key order, a page at a time, every page
 /// at the revision of the first.
 pub(crate) async fn get_entries(ctx: &Ctx, prefix: &str) -> Result<Vec<String>> {
-    let (_, kvs) = read_prefix(ctx, prefix).await?;
-    Ok(kvs.into_iter().map(|(_, v)| v).collect())
+    let read = read_prefix(ctx, prefix).await?;
+    Ok(read.kvs.into_iter().map(|(_, v)| v).collect())
 }
 
 /// Keys per Range request when reading a prefix.
 const PAGE: i64 = 1000;
 
+/// What [`read_prefix`] read.
+pub(crate) struct PrefixRead {
+    /// The revision every page was read at.
+    pub(crate) revision: i64,
+    /// (key, value) in key order; keys as etcd holds them (bytes), values
+    /// converted lossily where they are not UTF-8.
+    pub(crate) kvs: Vec<(Vec<u8>, String)>,
+    /// The key written last, to check later that etcd still holds this
+    /// history.
+    pub(crate) anchor: Option<Anchor>,
+}
+
 /// Reads every key under `prefix` at one revision, in pages of [`PAGE`] keys so
-/// that very large prefixes stay under gRPC's message size limit. Returns the
-/// revision and the (key, value) pairs in key order. Keys or values that are
-/// not UTF-8 are converted lossily.
-pub(crate) async fn read_prefix(ctx: &Ctx, prefix: &str) -> Result<(i64, Vec<(String, String)>)> {
+/// that very large prefixes stay under gRPC's message size limit.
+pub(crate) async fn read_prefix(ctx: &Ctx, prefix: &str) -> Result<PrefixRead> {
     use etcd_client::GetOptions;
     let range_end = prefix_range_end(prefix.as_bytes());
-    let mut kv = ctx.kv();
-    let mut out = Vec::new();
+    let mut read = PrefixRead {
+        revision: 0,
+        kvs: Vec::new(),
+        anchor: None,
+    };
     let mut start = prefix.as_bytes().to_vec();
-    let mut revision = 0;
     loop {
         let mut opts = GetOptions::new()
             .with_range(range_end.clone())
             .with_limit(PAGE);
-        if revision > 0 {
-            opts = opts.with_revision(revision);
+        if read.revision > 0 {
+            opts = opts.with_revision(read.revision);
         }
-        let resp = ctx
-            .bounded("read prefix", kv.get(start.clone(), Some(opts)))
+        let key = start.clone();
+        let mut resp = ctx
+            .call("read prefix", move |c| {
+                let (key, opts) = (key.clone(), opts.clone());
+                async move { kv(&c).get(key, Some(opts)).await }
+            })
             .await?;
-        if revision == 0 {
-            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        }
-        let kvs = resp.kvs();
-        for kv in kvs {
-            out.push((
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                String::from_utf8_lossy(kv.value()).into_owned(),
-            ));
-        }
-        match kvs.last() {
-            Some(last) if resp.more() => {
-                start = last.key().to_vec();
-                start.push(0);
+        if read.revision == 0 {
+            read.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            if !ctx.members.same_cluster(resp.header()) {
+                log::debug!(target: "etcd_sd::runtime", "read prefix: answered by another cluster");
             }
-            _ => break,
+        }
+        let more = resp.more();
+        let kvs = resp.take_kvs();
+        if let (true, Some(last)) = (more, kvs.last()) {
+            start = last.key().to_vec();
+            start.push(0);
+        }
+        for kv in kvs {
+            Anchor::keep_latest(&mut read.anchor, &kv);
+            let value = String::from_utf8_lossy(kv.value()).into_owned();
+            let (key, _) = kv.into_key_value();
+            read.kvs.push((key, value));
+        }
+        if !more || read.kvs.is_empty() {
+            break;
         }
     }
-    Ok((revision, out))
+    Ok(read)
 }
 
 /// The end of the key range of a prefix: the prefix with its last byte below

@@ -5,7 +5,7 @@
 use crossbeam_channel as cb;
 
 use crate::backoff::Backoff;
-use crate::prefix_watch::{self, End, Flow};
+use crate::prefix_watch::{self, End, Flow, Position};
 use crate::runtime::Ctx;
 
 const LOG: &str = "etcd_sd::watch_prefix";
@@ -27,11 +27,11 @@ impl Task {
 
     pub(crate) async fn run(self, ctx: Ctx) {
         let mut backoff = Backoff::standard();
-        // 0: from now. Then the last revision seen, so that a broken watch
+        // From now; then after the last revision seen, so that a broken watch
         // resumes after it and no change goes unnotified.
-        let mut revision = 0i64;
+        let mut position = Position::from_now();
         loop {
-            let end = prefix_watch::session(&ctx, &self.prefix, &mut revision, |resp| {
+            let end = prefix_watch::session(&ctx, &self.prefix, &mut position, |resp| {
                 if resp.created() {
                     backoff.reset();
                 }
@@ -51,10 +51,11 @@ impl Task {
             .await;
             match end {
                 End::Stopped => return,
-                End::HistoryGone => {
+                End::HistoryGone(why) => {
                     // Changes may be lost with the history: start over from
                     // now and say something may have changed.
-                    revision = 0;
+                    log::debug!(target: LOG, "{}: {why}; watching from now", self.prefix);
+                    position = Position::from_now();
                     if !self.notify() {
                         return;
                     }
