@@ -23,7 +23,7 @@
 //!   pings stay at etcd's accepted rate (see `client::connect_options`).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,9 +62,6 @@ pub(crate) struct Members {
     members: Vec<Member>,
     preferred: AtomicUsize,
     connect: etcd_client::ConnectOptions,
-    /// The cluster id of the first answer, 0 before it: an answer from
-    /// another cluster on the same address is a new history.
-    cluster_id: AtomicU64,
 }
 
 impl Members {
@@ -84,7 +81,6 @@ impl Members {
             members,
             preferred: AtomicUsize::new(0),
             connect,
-            cluster_id: AtomicU64::new(0),
         }
     }
 
@@ -159,30 +155,6 @@ impl Members {
     pub(crate) fn stream_failed(&self, i: usize, e: &Error) {
         if worth_another_member(e) {
             self.suspect(i, e);
-        }
-    }
-
-    /// Checks the cluster id of an answer: false when it differs from the
-    /// one seen first (another cluster answers on these addresses).
-    pub(crate) fn same_cluster(&self, header: Option<&etcd_client::ResponseHeader>) -> bool {
-        self.check_cluster(header.map(|h| h.cluster_id()).unwrap_or(0))
-    }
-
-    fn check_cluster(&self, id: u64) -> bool {
-        if id == 0 {
-            return true;
-        }
-        match self
-            .cluster_id
-            .compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => true,
-            Err(seen) if seen == id => true,
-            Err(seen) => {
-                log::warn!(target: LOG, "another etcd cluster answers (id {id:x}, was {seen:x}): a new history");
-                self.cluster_id.store(id, Ordering::Relaxed);
-                false
-            }
         }
     }
 
@@ -443,15 +415,5 @@ mod tests {
             hedge_delay(Duration::from_millis(100)),
             Duration::from_millis(200)
         );
-    }
-
-    #[test]
-    fn a_second_cluster_id_is_a_new_history() {
-        let m = members(1);
-        assert!(m.check_cluster(0), "no id: nothing to compare");
-        assert!(m.check_cluster(7));
-        assert!(m.check_cluster(7));
-        assert!(!m.check_cluster(9), "another cluster");
-        assert!(m.check_cluster(9), "which is the one from now on");
     }
 }

@@ -80,6 +80,8 @@ pub(crate) struct Position {
     /// The history is known to be the one `revision` belongs to (just read,
     /// or checked since the last break).
     checked: bool,
+    /// The id of the cluster the chain comes from; 0 until known.
+    cluster_id: u64,
 }
 
 impl Position {
@@ -89,6 +91,7 @@ impl Position {
             revision: read.revision,
             anchor: read.anchor.clone(),
             checked: true,
+            cluster_id: read.cluster_id,
         }
     }
 
@@ -98,6 +101,24 @@ impl Position {
             revision: 0,
             anchor: None,
             checked: true,
+            cluster_id: 0,
+        }
+    }
+
+    /// Checks the cluster of an answer: false when another cluster answers
+    /// than the one the chain comes from.
+    fn same_cluster(&mut self, header: Option<&etcd_client::ResponseHeader>) -> bool {
+        self.same_cluster_id(header.map(|h| h.cluster_id()).unwrap_or(0))
+    }
+
+    fn same_cluster_id(&mut self, id: u64) -> bool {
+        match id {
+            0 => true,
+            id if self.cluster_id == 0 => {
+                self.cluster_id = id;
+                true
+            }
+            id => id == self.cluster_id,
         }
     }
 }
@@ -183,7 +204,7 @@ async fn run(
         }
         let header = resp.header().map(|h| h.revision()).unwrap_or(0);
         if resp.created() {
-            if !ctx.members.same_cluster(resp.header()) {
+            if !pos.same_cluster(resp.header()) {
                 return End::HistoryGone("another cluster answers");
             }
             if header < pos.revision {
@@ -216,7 +237,7 @@ async fn run(
 /// Checks that etcd still holds the history `pos` comes from: `None` when it
 /// does, the reason when it does not (or when there is nothing to check it
 /// against: then only a read is sure).
-async fn same_history(ctx: &Ctx, pos: &Position) -> crate::Result<Option<&'static str>> {
+async fn same_history(ctx: &Ctx, pos: &mut Position) -> crate::Result<Option<&'static str>> {
     let Some(anchor) = pos.anchor.clone() else {
         return Ok(Some("nothing seen to check the history against"));
     };
@@ -234,7 +255,7 @@ async fn same_history(ctx: &Ctx, pos: &Position) -> crate::Result<Option<&'stati
         .await;
     match read {
         Ok(resp) => {
-            if !ctx.members.same_cluster(resp.header()) {
+            if !pos.same_cluster(resp.header()) {
                 return Ok(Some("another cluster answers"));
             }
             match resp.kvs().first() {
@@ -247,5 +268,20 @@ async fn same_history(ctx: &Ctx, pos: &Position) -> crate::Result<Option<&'stati
         }
         Err(e) if is_compacted(&e) => Ok(Some("compacted past the revision to resume from")),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_cluster_id_is_another_history() {
+        let mut pos = Position::from_now();
+        assert!(pos.same_cluster_id(0), "no id: nothing to compare");
+        assert!(pos.same_cluster_id(7), "the first id seen is the chain's");
+        assert!(pos.same_cluster_id(7));
+        assert!(!pos.same_cluster_id(9), "another cluster");
+        assert!(pos.same_cluster_id(0));
     }
 }

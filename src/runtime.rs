@@ -367,10 +367,7 @@ async fn connect_and_check(
         })
         .await;
     match status {
-        Ok((_, resp)) => {
-            members.same_cluster(resp.header());
-            Ok(())
-        }
+        Ok(_) => Ok(()),
         Err(e) if tls && closed_during_handshake(&e) => Err(Error::with_source(
             ErrorKind::Tls,
             "the server closed the connection right after the TLS handshake \
@@ -423,6 +420,8 @@ pub(crate) struct PrefixRead {
     /// The key written last, to check later that etcd still holds this
     /// history.
     pub(crate) anchor: Option<Anchor>,
+    /// The id of the cluster that answered.
+    pub(crate) cluster_id: u64,
 }
 
 /// Reads every key under `prefix` at one revision, in pages of [`PAGE`] keys so
@@ -434,6 +433,7 @@ pub(crate) async fn read_prefix(ctx: &Ctx, prefix: &str) -> Result<PrefixRead> {
         revision: 0,
         kvs: Vec::new(),
         anchor: None,
+        cluster_id: 0,
     };
     let mut start = prefix.as_bytes().to_vec();
     loop {
@@ -452,9 +452,7 @@ pub(crate) async fn read_prefix(ctx: &Ctx, prefix: &str) -> Result<PrefixRead> {
             .await?;
         if read.revision == 0 {
             read.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            if !ctx.members.same_cluster(resp.header()) {
-                log::debug!(target: "etcd_sd::runtime", "read prefix: answered by another cluster");
-            }
+            read.cluster_id = resp.header().map(|h| h.cluster_id()).unwrap_or(0);
         }
         let more = resp.more();
         let kvs = resp.take_kvs();
