@@ -232,8 +232,9 @@ fn a_closure_whose_drop_panics_is_removed_without_harm() {
     }
 }
 
-/// A callback that, once it sees `trigger`, blocks until the test lets it go
-/// (or at most `limit`), and a probe on its closure's drop.
+/// A callback that, the first time it sees `trigger`, blocks until the test
+/// lets it go (or at most `limit`), and a probe on its closure's drop. Only
+/// the first call blocks: later snapshots hold the trigger too.
 struct Stuck {
     entered: Receiver<()>,
     release: Sender<()>,
@@ -273,9 +274,10 @@ impl Stuck {
             dropped_while_running: dropped_while_running.clone(),
         };
         let flag = running.clone();
+        let blocked = AtomicBool::new(false);
         let id = inst.on_update(move |ev: &Event| {
             let _keep = &probe;
-            if ev.instances.contains(trigger) {
+            if ev.instances.contains(trigger) && !blocked.swap(true, Ordering::SeqCst) {
                 flag.store(true, Ordering::SeqCst);
                 let _ = entered_tx.send(());
                 let _ = release_rx.recv_timeout(limit);
