@@ -198,9 +198,10 @@ impl Instancer {
     /// `f` may call [`remove_callback`](Instancer::remove_callback),
     /// [`deregister`](Instancer::deregister) or [`stop`](Instancer::stop) on
     /// this instancer. A slow `f` delays other callbacks of the same client,
-    /// never the watch. If `f` panics, the panic is caught and logged and `f`
-    /// is removed. On a stopped instancer `f` is dropped without being called
-    /// and the id returned is inert (its number is 0).
+    /// never the watch nor channel subscribers. If `f` panics, the panic is
+    /// caught and logged and `f` is removed; a panic in the drop of `f` or of
+    /// its panic payload is caught too. On a stopped instancer `f` is dropped
+    /// without being called and the id returned is inert (its number is 0).
     ///
     /// `f` is dropped exactly once, after its last call: on
     /// [`remove_callback`](Instancer::remove_callback), [`stop`](Instancer::stop)
@@ -226,13 +227,15 @@ impl Instancer {
         CallbackId(self.topic.add_callback(Box::new(f)).unwrap_or(0))
     }
 
-    /// Removes a callback. Once this returns, it is not called again and its
-    /// closure has been dropped: a call running on the dispatcher is waited for
-    /// first. Called from inside that very call, it returns at once and the
-    /// closure is dropped when the call returns. Unknown ids are ignored.
+    /// Removes a callback. Once this returns, it is not called again. A call
+    /// running on the dispatcher is waited for, at most `request_timeout`:
+    /// if it ends in time the closure has been dropped when this returns,
+    /// otherwise it is dropped when that call returns. Called from inside
+    /// that very call, it returns at once and the closure is dropped when the
+    /// call returns. Unknown ids are ignored.
     ///
     /// Do not call it while holding a lock that the callback takes: it waits
-    /// for a running call.
+    /// (up to `request_timeout`) for a running call.
     pub fn remove_callback(&self, id: CallbackId) {
         self.topic.remove_callback(id.0);
     }
@@ -264,8 +267,8 @@ impl Instancer {
     /// Stops watching: cancels the etcd watch, disconnects subscribers (after
     /// the events they already hold) and removes callbacks, as
     /// [`remove_callback`](Instancer::remove_callback) does (so it waits for a
-    /// callback that is running on the dispatcher). Calling it twice is fine;
-    /// it never blocks on etcd.
+    /// callback that is running on the dispatcher, at most `request_timeout`).
+    /// Calling it twice is fine; it never blocks on etcd.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
         self.topic.stop();

@@ -170,7 +170,7 @@ impl Core {
         options: ClientOptions,
     ) -> Result<Core> {
         let dial_timeout = options.effective_dial_timeout();
-        let dispatcher = Dispatcher::start()?;
+        let dispatcher = Dispatcher::start(options.effective_request_timeout())?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (started_tx, started_rx) = cb::bounded::<Result<()>>(1);
         let startup = Startup {
