@@ -43,7 +43,7 @@ typedef struct etcd_sd_balancer etcd_sd_balancer;
  * Thread-safe: every function taking a client may be called from several
  * threads at once. Registrars, instancers and balancers made from it hold
  * their own reference and keep working after `etcd_sd_client_free`; the
- * client's two threads end when the last of them is freed.
+ * client's three threads end when the last of them is freed.
  */
 typedef struct etcd_sd_client etcd_sd_client;
 
@@ -433,9 +433,10 @@ etcd_sd_status etcd_sd_instancer_new(const struct etcd_sd_client *c,
  * Afterwards every call on the instancer returns `ETCD_SD_ERR_CLOSED`. Does
  * nothing for NULL (but sets the last error).
  *
- * A call running on another thread is waited for; called from inside a
- * callback, it returns at once and that callback's `drop` runs when the call
- * returns.
+ * A call running on another thread is waited for, at most the client's
+ * `request_timeout_ms` (after that this returns and that callback's `drop`
+ * runs when its call ends); called from inside a callback, it returns at
+ * once and that callback's `drop` runs when the call returns.
  */
 void etcd_sd_instancer_stop(struct etcd_sd_instancer *i);
 
@@ -477,9 +478,10 @@ etcd_sd_status etcd_sd_instancer_on_update(struct etcd_sd_instancer *i,
 
 /**
  * Removes a callback. Once this returns it is not called again: a call
- * running on another thread is waited for, unless this is called from
- * inside that very call. Its `drop` runs after its last call. An unknown or
- * already removed id is ignored.
+ * running on another thread is waited for (at most the client's
+ * `request_timeout_ms`; a call still running then ends by itself), unless
+ * this is called from inside that very call. Its `drop` runs after its last
+ * call. An unknown or already removed id is ignored.
  *
  * Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for NULL;
  * `ETCD_SD_ERR_CLOSED` on a stopped instancer (whose callbacks are already

@@ -20,8 +20,9 @@ const LOG: &str = "etcd_sd::client";
 /// A connection to an etcd cluster (go-kit's `etcdv3.Client`), as plain
 /// blocking calls.
 ///
-/// Each `Client` owns two threads: `etcd-sd-runtime`, a tokio runtime that does
-/// all etcd I/O, and `etcd-sd-dispatch`, which runs subscriber callbacks.
+/// Each `Client` owns three threads: `etcd-sd-runtime`, a tokio runtime that
+/// does all etcd I/O, `etcd-sd-dispatch`, which runs subscriber callbacks, and
+/// `etcd-sd-retry`, which serves channels that were full.
 /// Clones share them, as do the [`Registrar`]s and
 /// [`Instancer`](crate::Instancer)s made from it, whatever their number; the
 /// threads are joined when the last of all these handles is dropped. Every

@@ -62,12 +62,12 @@
 //! [`Instancer::register`]; the channels are crossbeam's, re-exported as
 //! [`channel`]) or callbacks ([`Instancer::on_update`]). The runtime thread
 //! hands events to channels with room (a `try_send`, which never blocks);
-//! callbacks, and channels that were full, are served by a second thread,
-//! `etcd-sd-dispatch`. So user code never runs on the runtime thread: a slow
-//! callback delays other callbacks of the same client, never a keep-alive or
-//! a watch.
+//! callbacks are run by a second thread, `etcd-sd-dispatch`, and channels that
+//! were full are retried by a third, `etcd-sd-retry`, which runs no user code.
+//! So user code never runs on the runtime thread: a slow callback delays other
+//! callbacks of the same client, never a keep-alive, a watch or a channel.
 //!
-//! **Threads.** Those two threads serve the client, its clones and every
+//! **Threads.** Those three threads serve the client, its clones and every
 //! Registrar and Instancer made from them, whatever their number. Endpoints
 //! given by host name may add one more, `etcd-sd-blocking`, which tokio
 //! starts to resolve names and ends when it is idle. All handles are `Send +

@@ -20,7 +20,7 @@ pub(crate) type ClientHandle = Client;
 /// Thread-safe: every function taking a client may be called from several
 /// threads at once. Registrars, instancers and balancers made from it hold
 /// their own reference and keep working after `etcd_sd_client_free`; the
-/// client's two threads end when the last of them is freed.
+/// client's three threads end when the last of them is freed.
 pub struct etcd_sd_client {
     _private: [u8; 0],
 }

@@ -189,9 +189,10 @@ pub extern "C" fn etcd_sd_instancer_new(
 /// Afterwards every call on the instancer returns `ETCD_SD_ERR_CLOSED`. Does
 /// nothing for NULL (but sets the last error).
 ///
-/// A call running on another thread is waited for; called from inside a
-/// callback, it returns at once and that callback's `drop` runs when the call
-/// returns.
+/// A call running on another thread is waited for, at most the client's
+/// `request_timeout_ms` (after that this returns and that callback's `drop`
+/// runs when its call ends); called from inside a callback, it returns at
+/// once and that callback's `drop` runs when the call returns.
 #[no_mangle]
 pub extern "C" fn etcd_sd_instancer_stop(i: *mut etcd_sd_instancer) {
     ffi_boundary! {
@@ -266,9 +267,10 @@ pub extern "C" fn etcd_sd_instancer_on_update(
 }
 
 /// Removes a callback. Once this returns it is not called again: a call
-/// running on another thread is waited for, unless this is called from
-/// inside that very call. Its `drop` runs after its last call. An unknown or
-/// already removed id is ignored.
+/// running on another thread is waited for (at most the client's
+/// `request_timeout_ms`; a call still running then ends by itself), unless
+/// this is called from inside that very call. Its `drop` runs after its last
+/// call. An unknown or already removed id is ignored.
 ///
 /// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for NULL;
 /// `ETCD_SD_ERR_CLOSED` on a stopped instancer (whose callbacks are already
