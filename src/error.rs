@@ -45,8 +45,11 @@ pub enum ErrorKind {
     NoValue,
     /// An argument was malformed: an empty or unparsable endpoint list, an
     /// empty prefix, a certificate without its key, a password without a
-    /// user name, an invalid string from C, and the like. Checked before any
-    /// network traffic.
+    /// user name, an invalid string from C, a key and value over etcd's
+    /// request limit, and the like. Checked before any network traffic where
+    /// possible; a request that etcd itself refuses for good (too large for
+    /// its `--max-request-bytes`, malformed) is this kind too, and is not
+    /// retried.
     InvalidArgument,
     /// A deadline passed: `dial_timeout` while connecting, `request_timeout`
     /// for any other blocking call, or the deadline of a retrying call.
@@ -274,6 +277,9 @@ fn looks_like_auth(text: &str) -> bool {
         "user name is empty",
         "invalid auth token",
         "user name not found",
+        // etcd's ErrAuthOldRevision (code InvalidArgument): the token is
+        // stale, a new one fixes it; not a request refused for good.
+        "revision of auth store is old",
     ]
     .iter()
     .any(|w| text.contains(w))
@@ -289,6 +295,14 @@ fn looks_like_not_etcd(text: &str) -> bool {
     garbled_http2
         || text.contains("grpc-status header missing")
         || text.contains("unknown service etcdserverpb")
+}
+
+/// True when etcd refused a request for its size: over `--max-request-bytes`
+/// ("request is too large", code InvalidArgument) or, by more than gRPC's
+/// allowance over that, refused by gRPC itself (ResourceExhausted,
+/// "received message larger than max").
+fn looks_like_too_large(text: &str) -> bool {
+    text.contains("request is too large") || text.contains("received message larger than max")
 }
 
 /// What an endpoint that is not etcd's client URL is told (API.md §5.4).
@@ -323,6 +337,10 @@ pub(crate) fn from_etcd(e: etcd_client::Error) -> Error {
                 Code::Unauthenticated | Code::PermissionDenied => ErrorKind::Auth,
                 Code::DeadlineExceeded => ErrorKind::Timeout,
                 _ if looks_like_auth(&text) => ErrorKind::Auth,
+                // Refused for good: etcd would refuse it again (too large,
+                // a malformed request). Never retried (API.md §5.4).
+                Code::InvalidArgument => ErrorKind::InvalidArgument,
+                _ if looks_like_too_large(&text) => ErrorKind::InvalidArgument,
                 Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Aborted
                     if looks_like_tls(&text) =>
                 {
@@ -339,7 +357,12 @@ pub(crate) fn from_etcd(e: etcd_client::Error) -> Error {
         _ if looks_like_auth(&text) => ErrorKind::Auth,
         _ => ErrorKind::Etcd,
     };
-    let message = text_for_people(&e);
+    let mut message = text_for_people(&e);
+    if kind == ErrorKind::InvalidArgument && looks_like_too_large(&text) {
+        message = format!(
+            "request too large for etcd (its --max-request-bytes, 1.5 MiB by default): {message}"
+        );
+    }
     Error::with_source(kind, message, e)
 }
 
@@ -425,6 +448,26 @@ mod tests {
                 tonic::Code::NotFound,
                 "etcdserver: requested lease not found",
                 ErrorKind::Etcd,
+            ),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: request is too large",
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                tonic::Code::ResourceExhausted,
+                "grpc: received message larger than max (2097204 vs. 2097152)",
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                tonic::Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+                ErrorKind::Etcd,
+            ),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+                ErrorKind::Auth,
             ),
         ];
         for (code, msg, kind) in cases {

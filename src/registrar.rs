@@ -42,10 +42,16 @@ const LOG: &str = "etcd_sd::registrar";
 ///
 /// While `Registering` or `Lost` the registrar retries with jittered
 /// backoff, 100 ms doubling to 5 s, for as long as it lives; the first
-/// attempt after a loss goes at once.
+/// attempt after a loss goes at once. Only a refusal for good ends that: when
+/// etcd answers `InvalidArgument` (the request is too large for its
+/// `--max-request-bytes`, or malformed), trying again cannot help, so the
+/// registrar revokes the lease it granted and goes back to `Unregistered`,
+/// with an event whose `error` says why; nothing keeps running, and a later
+/// `register` tries again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegistrationState {
-    /// Made, never registered.
+    /// Made, never registered; or refused for good by etcd (see above:
+    /// the event's `error` is of kind `InvalidArgument`), nothing running.
     Unregistered,
     /// First attempt under way (granting the lease, writing the key), or
     /// retrying it after failures.
@@ -133,6 +139,10 @@ impl Shared {
             match state {
                 RegistrationState::Lost => {
                     log::warn!(target: LOG, "{}: registration lost: {}", self.key,
+                        error.as_ref().map(ToString::to_string).unwrap_or_default())
+                }
+                RegistrationState::Unregistered if error.is_some() => {
+                    log::warn!(target: LOG, "{}: refused for good, not retrying: {}", self.key,
                         error.as_ref().map(ToString::to_string).unwrap_or_default())
                 }
                 _ => match lease_id {
@@ -251,6 +261,11 @@ impl Registrar {
     /// # Errors
     /// * `NoKey` / `NoValue`: empty key or value, before any network traffic
     ///   (nothing keeps running then);
+    /// * `InvalidArgument`: key and value over etcd's default request limit
+    ///   (1.5 MiB less 1 KiB, see [`Service`]), before any network traffic;
+    ///   or refused for good by etcd (too large for its
+    ///   `--max-request-bytes`), at once: then nothing keeps running either
+    ///   (state `Unregistered`, lease revoked);
     /// * `Timeout`, `Unavailable`, `Auth`, `Etcd`: the key could not be written
     ///   within `request_timeout` (the last attempt's error; retries go on);
     /// * `Closed`: deregistered by another thread while waiting.
@@ -258,7 +273,9 @@ impl Registrar {
         self.service.validate()?;
         {
             let mut control = self.control.lock();
-            if control.is_none() {
+            // A closed channel: the task gave up for good (refused by etcd)
+            // and ended by itself; start again.
+            if control.as_ref().is_none_or(|c| c.is_closed()) {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let epoch = self.shared.epoch.fetch_add(1, Ordering::SeqCst) + 1;
                 self.shared
@@ -284,6 +301,13 @@ impl Registrar {
                 RegistrationState::Registered => return Ok(()),
                 RegistrationState::Deregistered => {
                     return Err(Error::closed("registrar (deregistered while registering)"))
+                }
+                // Only a task that gave up for good goes back to it.
+                RegistrationState::Unregistered => {
+                    return Err(match &st.last_error {
+                        Some(e) => e.context("register (refused for good)"),
+                        None => Error::invalid("register (refused for good)"),
+                    })
                 }
                 _ => {}
             }
@@ -314,6 +338,10 @@ impl Registrar {
         let Some(control) = control else {
             return Ok(());
         };
+        if control.is_closed() && self.state() == RegistrationState::Unregistered {
+            // The task gave up for good and revoked its lease: nothing runs.
+            return Ok(());
+        }
         let (tx, rx) = cb::bounded(1);
         if control.send(Control::Deregister(tx)).is_err() {
             self.shared
@@ -417,6 +445,33 @@ enum Loss {
 }
 
 impl Task {
+    /// Ends the task after etcd refused the registration for good
+    /// (`InvalidArgument`: too large, malformed), where retrying cannot help:
+    /// revokes `lease` (bounded; a failure only means it expires by its
+    /// ttl), closes the control channel so the handle's next `register`
+    /// starts a new task (answering a deregistration that raced in), and
+    /// reports `Unregistered` with the error.
+    async fn give_up(&mut self, ctx: &Ctx, lease: Option<i64>, error: Error) {
+        if let Some(id) = lease {
+            let mut leases = ctx.etcd.lease_client();
+            if let Err(e) = ctx.bounded("revoke lease", leases.revoke(id)).await {
+                log::debug!(target: LOG, "{}: revoking lease {id:x} after a refusal: {e}", self.service.key);
+            }
+        }
+        self.control.close();
+        while let Ok(Control::Deregister(reply)) = self.control.try_recv() {
+            let _ = reply.send(Ok(()));
+        }
+        self.shared.set(
+            Some(self.epoch),
+            RegistrationState::Unregistered,
+            None,
+            Some(error),
+        );
+    }
+}
+
+impl Task {
     pub(crate) async fn run(mut self, ctx: Ctx) {
         let ttl = self.service.ttl_or_default();
         let mut backoff = Backoff::standard();
@@ -438,6 +493,9 @@ impl Task {
                 }
                 Err((e, known_lease)) => {
                     lease = known_lease;
+                    if e.kind() == ErrorKind::InvalidArgument {
+                        return self.give_up(&ctx, lease, e).await;
+                    }
                     self.shared.note_error(self.epoch, e);
                     if !self.pause(&ctx, &mut backoff, lease).await {
                         return;
