@@ -179,3 +179,123 @@ fn a_request_etcd_finds_too_large_is_refused_at_once_and_not_retried() {
     std::thread::sleep(secs(1));
     assert!(etcd.leases().is_empty(), "lease left: {:?}", etcd.leases());
 }
+
+/// A raw etcd watch on a prefix, on its own thread: every event, in order,
+/// as `PUT key value` or `DELETE key`.
+struct RawWatch {
+    events: std::sync::mpsc::Receiver<String>,
+}
+
+impl RawWatch {
+    /// Returns once etcd has created the watch.
+    fn start(etcd: &EtcdServer, prefix: &str) -> RawWatch {
+        let (tx, events) = std::sync::mpsc::channel();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let endpoint = etcd.endpoint();
+        let prefix = prefix.to_string();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut client = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .unwrap();
+                let opts = etcd_client::WatchOptions::new().with_prefix();
+                let mut stream = client.watch(prefix, Some(opts)).await.unwrap();
+                let created = stream.message().await.unwrap().unwrap();
+                assert!(created.created());
+                let _ = ready_tx.send(());
+                while let Ok(Some(resp)) = stream.message().await {
+                    for ev in resp.events() {
+                        let kv = ev.kv().unwrap();
+                        let line = match ev.event_type() {
+                            etcd_client::EventType::Put => {
+                                format!("PUT {} {}", kv.key_str().unwrap(), kv.value_str().unwrap())
+                            }
+                            etcd_client::EventType::Delete => {
+                                format!("DELETE {}", kv.key_str().unwrap())
+                            }
+                        };
+                        if tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        });
+        ready.recv_timeout(secs(10)).expect("raw watch created");
+        RawWatch { events }
+    }
+
+    /// Every event that arrives until none has for `quiet`.
+    fn drain(&self, quiet: Duration) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(line) = self.events.recv_timeout(quiet) {
+            out.push(line);
+        }
+        out
+    }
+}
+
+#[test]
+fn replacing_a_registration_never_deletes_the_key_first() {
+    let etcd = EtcdServer::start();
+    let client = connect(&etcd);
+    let p = unique_prefix("replace");
+    let key = format!("{p}svc");
+    let service = |v: &str| Service::new(key.clone(), v).with_ttl(short_ttl());
+    client.register(&service("v0")).unwrap();
+    let watch = RawWatch::start(&etcd, &p);
+    for i in 1..=20 {
+        client.register(&service(&format!("v{i}"))).unwrap();
+    }
+    let seen = watch.drain(secs(2));
+    let want: Vec<String> = (1..=20).map(|i| format!("PUT {key} v{i}")).collect();
+    assert_eq!(
+        seen, want,
+        "a watcher saw the key go, or values out of order"
+    );
+    assert_eq!(etcd.get(&key).as_deref(), Some("v20"));
+    // Every replaced registration was stopped and its lease revoked: only
+    // the last one's lease is left, and the key is under it.
+    assert_eq!(etcd.leases(), [client.lease_id()]);
+    assert_eq!(etcd.lease_of(&key), client.lease_id());
+    // Still kept alive past the ttl, and nothing more happened.
+    std::thread::sleep(secs(3));
+    assert_eq!(etcd.get(&key).as_deref(), Some("v20"));
+    assert_eq!(
+        watch.drain(Duration::from_millis(200)),
+        Vec::<String>::new()
+    );
+    client.deregister(&service("")).unwrap();
+    assert_eq!(watch.drain(secs(2)), [format!("DELETE {key}")]);
+}
+
+#[test]
+fn a_replacement_etcd_refuses_for_good_leaves_the_old_registration() {
+    let etcd = etcd_with_small_limit();
+    let client = connect(&etcd);
+    let key = format!("{}svc", unique_prefix("replace-refused"));
+    let service = |v: String| Service::new(key.clone(), v).with_ttl(short_ttl());
+    client.register(&service("small".into())).unwrap();
+    let lease = client.lease_id();
+    let watch = RawWatch::start(&etcd, &key);
+    let e = client
+        .register(&service("z".repeat(100 * 1024)))
+        .expect_err("100 KiB value on a 64 KiB etcd");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    // The old registration stays, kept alive past its ttl.
+    std::thread::sleep(secs(3));
+    assert_eq!(etcd.get(&key).as_deref(), Some("small"));
+    assert_eq!(etcd.lease_of(&key), lease);
+    assert_eq!(etcd.leases(), [lease]);
+    assert_eq!(
+        watch.drain(Duration::from_millis(200)),
+        Vec::<String>::new()
+    );
+    // And it is still the one Client::deregister stops.
+    client.deregister(&service(String::new())).unwrap();
+    assert!(!etcd.exists(&key));
+}
