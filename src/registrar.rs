@@ -13,7 +13,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,9 +83,40 @@ pub struct RegistrationEvent {
     pub error: Option<Error>,
 }
 
+/// Whether etcd answers revokes, shared by every Registrar of one client
+/// (held by its `Core`), so that dropping any number of Registrars while
+/// etcd does not answer costs the caller at most one `request_timeout` in
+/// total: once a wait for a revoke has failed, later drops only tell their
+/// task to revoke (in the background, bounded there) and do not wait, until
+/// etcd is seen answering again (a registration written, a revoke done).
+#[derive(Debug, Default)]
+pub(crate) struct DropGate {
+    /// A wait for a revoke failed, and etcd has not answered since.
+    unanswered: AtomicBool,
+}
+
+impl DropGate {
+    /// Whether a drop should wait for its revoke.
+    fn should_wait(&self) -> bool {
+        !self.unanswered.load(Ordering::SeqCst)
+    }
+
+    /// A wait for a revoke timed out, or etcd could not be reached.
+    fn wait_failed(&self) {
+        self.unanswered.store(true, Ordering::SeqCst);
+    }
+
+    /// etcd answered a registration or a revoke.
+    fn etcd_answered(&self) {
+        self.unanswered.store(false, Ordering::SeqCst);
+    }
+}
+
 /// State shared by the handle and the task.
 pub(crate) struct Shared {
     key: String,
+    /// The client's [`DropGate`], told by the task when etcd answers.
+    gate: Arc<DropGate>,
     /// Bumped each time `register` starts a task; a task whose epoch is not
     /// the current one (an old task still finishing its revoke) reports
     /// nothing.
@@ -102,9 +133,10 @@ struct Status {
 }
 
 impl Shared {
-    fn new(key: String) -> Shared {
+    fn new(key: String, gate: Arc<DropGate>) -> Shared {
         Shared {
             key,
+            gate,
             epoch: AtomicU64::new(0),
             status: Mutex::new(Status {
                 state: RegistrationState::Unregistered,
@@ -128,6 +160,9 @@ impl Shared {
         let mut st = self.status.lock();
         if epoch.is_some_and(|e| e != self.epoch.load(Ordering::SeqCst)) {
             return;
+        }
+        if epoch.is_some() && etcd_answered(&st, state, error.as_ref()) {
+            self.gate.etcd_answered();
         }
         let changed = st.state != state;
         st.state = state;
@@ -187,6 +222,16 @@ impl Shared {
     }
 }
 
+/// Whether a task's report from `before` to `state` shows that etcd answered:
+/// a key written, or a lease in force revoked.
+fn etcd_answered(before: &Status, state: RegistrationState, error: Option<&Error>) -> bool {
+    match state {
+        RegistrationState::Registered => true,
+        RegistrationState::Deregistered => error.is_none() && before.lease_id.is_some(),
+        _ => false,
+    }
+}
+
 /// Messages from the handle to its task.
 enum Control {
     /// Revoke the lease and stop.
@@ -240,7 +285,7 @@ impl Registrar {
     }
 
     pub(crate) fn on_core(core: Arc<Core>, service: Service) -> Registrar {
-        let shared = Arc::new(Shared::new(service.key.clone()));
+        let shared = Arc::new(Shared::new(service.key.clone(), core.drop_gate.clone()));
         Registrar {
             core,
             service,
@@ -349,6 +394,11 @@ impl Registrar {
             return Err(Error::closed("client runtime"));
         }
         let r = wait_reply(&rx, self.core.request_timeout(), "deregister");
+        if r.as_ref()
+            .is_err_and(|e| matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable))
+        {
+            self.shared.gate.wait_failed();
+        }
         if r.is_err() {
             // The task finishes by itself (its revoke is bounded too); report
             // the state the caller asked for.
@@ -407,11 +457,15 @@ impl Registrar {
 
 impl Drop for Registrar {
     /// Deregisters. While registered this waits for the revoke, at most
-    /// `request_timeout`; otherwise (etcd unreachable, or still trying) it only
-    /// tells the task to stop, so dropping many registrars during an outage
-    /// does not take `request_timeout` each. Their keys then expire by ttl.
+    /// `request_timeout`, so the key is gone when it returns; otherwise (still
+    /// trying, lost) it only tells the task to stop. It does not wait either
+    /// once a wait for a revoke on this client has failed and etcd has not
+    /// answered since (see `DropGate`): dropping any number of registrars
+    /// costs the caller at most one `request_timeout` in total. The revokes
+    /// then go on in the background, each bounded by `request_timeout`; a
+    /// key whose revoke fails expires by its ttl.
     fn drop(&mut self) {
-        if self.state() == RegistrationState::Registered {
+        if self.state() == RegistrationState::Registered && self.shared.gate.should_wait() {
             if let Err(e) = self.deregister() {
                 log::warn!(target: LOG, "{}: deregister on drop failed: {e}", self.service.key);
             }

@@ -10,8 +10,8 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::*;
-use etcd_sd::{Client, ClientOptions, ErrorKind, Registrar, RegistrationState, Service};
-use support::{unique_prefix, EtcdConfig, EtcdServer};
+use etcd_sd::{Client, ClientOptions, ErrorKind, Registrar, RegistrationState, Service, TtlOption};
+use support::{unique_prefix, wait_until, EtcdConfig, EtcdServer};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -298,4 +298,50 @@ fn a_replacement_etcd_refuses_for_good_leaves_the_old_registration() {
     // And it is still the one Client::deregister stops.
     client.deregister(&service(String::new())).unwrap();
     assert!(!etcd.exists(&key));
+}
+
+#[test]
+fn dropping_many_registrars_while_etcd_is_frozen_costs_one_request_timeout() {
+    let mut etcd = EtcdServer::start();
+    let client = connect_with(&etcd, options(secs(1)));
+    let p = unique_prefix("drops");
+    // A 10 s ttl: all of them are still Registered (not yet found Lost)
+    // while they are dropped.
+    let ttl = TtlOption::new(Duration::from_millis(500), secs(10));
+    let regs: Vec<Registrar> = (0..20)
+        .map(|i| {
+            let r = Registrar::new(
+                &client,
+                Service::new(format!("{p}{i:02}"), "v").with_ttl(ttl),
+            );
+            r.register().unwrap();
+            r
+        })
+        .collect();
+    etcd.pause();
+    let started = Instant::now();
+    drop(regs);
+    let took = started.elapsed();
+    eprintln!("dropping 20 registrars with etcd frozen took {took:?}");
+    etcd.resume();
+    assert!(
+        took < secs(3),
+        "dropping 20 registrars took {took:?} (request_timeout 1 s)"
+    );
+    // The revokes went on in the background; whatever they did, the keys go
+    // (revoked, or expired after the ttl) and do not come back.
+    assert!(
+        wait_until(secs(20), || etcd.count_prefix(&p) == 0),
+        "keys left: {:?}",
+        etcd.get_prefix(&p)
+    );
+    std::thread::sleep(secs(1));
+    assert_eq!(etcd.count_prefix(&p), 0);
+
+    // etcd answers again: a drop waits for its revoke again, so the key is
+    // gone when it returns.
+    let key = format!("{p}after");
+    let reg = registered(&client, key.clone(), "v");
+    drop(reg);
+    assert!(!etcd.exists(&key), "key still there right after the drop");
 }
