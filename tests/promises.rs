@@ -18,7 +18,10 @@ fn secs(n: u64) -> Duration {
 }
 
 /// A plain HTTP/1 server on loopback that answers `400 Bad Request` to
-/// every connection, whatever it is sent; it runs until the test ends.
+/// every connection, whatever it is sent, and closes it as web servers do
+/// (lingering: it reads what the client still sends until the client
+/// closes, so the answer is not lost to a reset); it runs until the test
+/// ends.
 fn http1_server() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let addr = listener.local_addr().unwrap();
@@ -32,6 +35,8 @@ fn http1_server() -> String {
                 let _ = stream.write_all(
                     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 11\r\nConnection: close\r\n\r\nBad Request",
                 );
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
             });
         }
     });
