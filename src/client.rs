@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, ErrorKind, Result};
 use crate::instancer::validate_prefix;
 use crate::options::{ClientOptions, Service};
-use crate::registrar::Registrar;
+use crate::registrar::{Registrar, RegistrationState};
 use crate::runtime::{Command, Core};
 use crate::watch_prefix;
 
@@ -176,8 +176,15 @@ impl Client {
     /// Registers `service` under its own lease and keeps it alive (go-kit's
     /// `Register`), exactly like a [`Registrar`] owned by this client: it
     /// re-registers after losses until [`deregister`](Client::deregister) or
-    /// until the last handle of this client is dropped. Registering the same
-    /// key again replaces the earlier registration.
+    /// until the last handle of this client is dropped.
+    ///
+    /// Registering the same key again with another value or ttl replaces the
+    /// earlier registration without the key ever going: the new value is
+    /// written under its own new lease first, then the earlier registration
+    /// is stopped and its lease revoked (the key is no longer attached to it,
+    /// so a watcher sees the old value, then the new one, never neither). A
+    /// replacement that etcd refuses for good (`InvalidArgument`) leaves the
+    /// earlier registration as it was.
     ///
     /// A [`Registrar`] of your own does the same, and also gives you its
     /// state and events and deregisters when dropped.
@@ -187,32 +194,63 @@ impl Client {
     /// any network traffic; otherwise as [`Registrar::register`].
     pub fn register(&self, service: &Service) -> Result<()> {
         service.validate()?;
-        let registrar = {
-            let mut map = self.inner.registered.lock();
-            let existing = map
-                .get(&service.key)
-                .filter(|r| r.service().value == service.value && r.service().ttl == service.ttl);
-            match existing {
-                Some(r) => r.clone(),
-                None => {
-                    let r = Arc::new(Registrar::on_core(self.inner.core.clone(), service.clone()));
-                    if let Some(old) = map.insert(service.key.clone(), r.clone()) {
-                        // Replaced: the new put overwrites the key; revoke the
-                        // old lease without holding the map.
-                        drop(map);
-                        if let Err(e) = old.deregister() {
-                            log::debug!(target: LOG, "{}: replacing registration: {e}", service.key);
-                        }
-                    }
-                    r
-                }
+        let (registrar, replaced) = self.registrar_for(service);
+        // An earlier registration that does not hold the key now (lost,
+        // still trying) goes first: left running, its next attempt could
+        // write the old value over the new one.
+        let replaced = match replaced {
+            Some(old) if old.state() != RegistrationState::Registered => {
+                stop_replaced(&old);
+                None
             }
+            other => other,
         };
         let result = registrar.register();
         if let Some(id) = registrar.lease_id() {
             self.inner.last_lease.store(id, Ordering::Relaxed);
         }
+        if let Some(old) = replaced {
+            let refused = result
+                .as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::InvalidArgument);
+            if refused {
+                self.restore(&service.key, &registrar, old);
+            } else {
+                // The key is under the new lease now (or will be, once the
+                // new registration gets through): revoking the old lease
+                // does not delete it.
+                stop_replaced(&old);
+            }
+        }
         result
+    }
+
+    /// The registrar for `service` in the map: the one there if it has the
+    /// same value and ttl, else a new one put in its place, with the one it
+    /// replaced.
+    fn registrar_for(&self, service: &Service) -> (Arc<Registrar>, Option<Arc<Registrar>>) {
+        let mut map = self.inner.registered.lock();
+        let same = map
+            .get(&service.key)
+            .filter(|r| r.service().value == service.value && r.service().ttl == service.ttl);
+        if let Some(r) = same {
+            return (r.clone(), None);
+        }
+        let r = Arc::new(Registrar::on_core(self.inner.core.clone(), service.clone()));
+        let replaced = map.insert(service.key.clone(), r.clone());
+        (r, replaced)
+    }
+
+    /// Puts `old` back in the map in place of `refused` (unless another
+    /// call has replaced that meanwhile).
+    fn restore(&self, key: &str, refused: &Arc<Registrar>, old: Arc<Registrar>) {
+        let mut map = self.inner.registered.lock();
+        if map.get(key).is_some_and(|r| Arc::ptr_eq(r, refused)) {
+            map.insert(key.to_owned(), old);
+        } else {
+            drop(map);
+            stop_replaced(&old);
+        }
     }
 
     /// Removes `service` (go-kit's `Deregister`); only the key is needed.
@@ -256,6 +294,14 @@ impl Client {
     /// `https://host:port`).
     pub fn endpoints(&self) -> &[String] {
         &self.inner.core.endpoints
+    }
+}
+
+/// Stops a registration that another one of the same key replaced (its lease
+/// is revoked); failures are only logged, the lease then expires by its ttl.
+fn stop_replaced(old: &Registrar) {
+    if let Err(e) = old.deregister() {
+        log::debug!(target: LOG, "{}: stopping the replaced registration: {e}", old.service().key);
     }
 }
 

@@ -45,13 +45,18 @@ pub enum ErrorKind {
     NoValue,
     /// An argument was malformed: an empty or unparsable endpoint list, an
     /// empty prefix, a certificate without its key, a password without a
-    /// user name, an invalid string from C, and the like. Checked before any
-    /// network traffic.
+    /// user name, an invalid string from C, a key and value over etcd's
+    /// request limit, and the like. Checked before any network traffic where
+    /// possible; a request that etcd itself refuses for good (too large for
+    /// its `--max-request-bytes`, malformed) is this kind too, and is not
+    /// retried.
     InvalidArgument,
     /// A deadline passed: `dial_timeout` while connecting, `request_timeout`
     /// for any other blocking call, or the deadline of a retrying call.
     Timeout,
-    /// etcd could not be reached, or the connection broke.
+    /// etcd could not be reached, or the connection broke; also an endpoint
+    /// that answers but does not speak etcd's gRPC (an HTTP/1 server, say:
+    /// the message says so).
     Unavailable,
     /// The object was stopped, deregistered for good, or its client's runtime
     /// is gone.
@@ -272,16 +277,49 @@ fn looks_like_auth(text: &str) -> bool {
         "user name is empty",
         "invalid auth token",
         "user name not found",
+        // etcd's ErrAuthOldRevision (code InvalidArgument): the token is
+        // stale, a new one fixes it; not a request refused for good.
+        "revision of auth store is old",
     ]
     .iter()
     .any(|w| text.contains(w))
 }
+
+/// True when the peer answered but does not speak etcd's gRPC: its first
+/// bytes were no HTTP/2 (an HTTP/1 server, or a TLS port spoken to in plain
+/// text: our HTTP/2 library itself found a frame too large or malformed,
+/// `..._ERROR, Library`), or it spoke HTTP/2 without gRPC (no `grpc-status`)
+/// or gRPC without etcd's services.
+fn looks_like_not_etcd(text: &str) -> bool {
+    let garbled_http2 = text.contains("h2 protocol error") && text.contains("_error, library)");
+    garbled_http2
+        || text.contains("grpc-status header missing")
+        || text.contains("unknown service etcdserverpb")
+}
+
+/// True when etcd refused a request for its size: over `--max-request-bytes`
+/// ("request is too large", code InvalidArgument) or, by more than gRPC's
+/// allowance over that, refused by gRPC itself (ResourceExhausted,
+/// "received message larger than max").
+fn looks_like_too_large(text: &str) -> bool {
+    text.contains("request is too large") || text.contains("received message larger than max")
+}
+
+/// What an endpoint that is not etcd's client URL is told (API.md §5.4).
+const NOT_ETCD: &str = "the endpoint answered but does not speak etcd's gRPC \
+                        (is it etcd's client URL? a TLS endpoint needs https:// or a CA)";
 
 /// Classifies an `etcd_client` error. This is the only place that knows the
 /// shapes of etcd, tonic and transport failures.
 pub(crate) fn from_etcd(e: etcd_client::Error) -> Error {
     use etcd_client::Error as E;
     let text = chain_text(&e);
+    if looks_like_not_etcd(&text) {
+        // Not worth an `Etcd` kind: nothing etcd said, and another endpoint
+        // (or the right URL) may well answer.
+        let message = format!("{NOT_ETCD}: {}", text_for_people(&e));
+        return Error::with_source(ErrorKind::Unavailable, message, e);
+    }
     let kind = match &e {
         E::InvalidArgs(_) | E::InvalidUri(_) | E::InvalidMetadataValue(_) => {
             ErrorKind::InvalidArgument
@@ -299,6 +337,10 @@ pub(crate) fn from_etcd(e: etcd_client::Error) -> Error {
                 Code::Unauthenticated | Code::PermissionDenied => ErrorKind::Auth,
                 Code::DeadlineExceeded => ErrorKind::Timeout,
                 _ if looks_like_auth(&text) => ErrorKind::Auth,
+                // Refused for good: etcd would refuse it again (too large,
+                // a malformed request). Never retried (API.md §5.4).
+                Code::InvalidArgument => ErrorKind::InvalidArgument,
+                _ if looks_like_too_large(&text) => ErrorKind::InvalidArgument,
                 Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Aborted
                     if looks_like_tls(&text) =>
                 {
@@ -317,7 +359,12 @@ pub(crate) fn from_etcd(e: etcd_client::Error) -> Error {
         _ if looks_like_auth(&text) => ErrorKind::Auth,
         _ => ErrorKind::Etcd,
     };
-    let message = text_for_people(&e);
+    let mut message = text_for_people(&e);
+    if kind == ErrorKind::InvalidArgument && looks_like_too_large(&text) {
+        message = format!(
+            "request too large for etcd (its --max-request-bytes, 1.5 MiB by default): {message}"
+        );
+    }
     Error::with_source(kind, message, e)
 }
 
@@ -447,6 +494,26 @@ mod tests {
                 "etcdserver: requested lease not found",
                 ErrorKind::Etcd,
             ),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: request is too large",
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                tonic::Code::ResourceExhausted,
+                "grpc: received message larger than max (2097204 vs. 2097152)",
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                tonic::Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+                ErrorKind::Etcd,
+            ),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+                ErrorKind::Auth,
+            ),
         ];
         for (code, msg, kind) in cases {
             let e = from_etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(
@@ -459,6 +526,37 @@ mod tests {
             "etcdserver: requested lease not found",
         )));
         assert!(is_lease_not_found(&lease));
+    }
+
+    #[test]
+    fn servers_that_do_not_speak_etcds_grpc_are_unavailable() {
+        for (code, msg) in [
+            (
+                tonic::Code::Internal,
+                "h2 protocol error: http2 error, source: hyper::Error(Http2, Error { kind: GoAway(b\"\", FRAME_SIZE_ERROR, Library) })",
+            ),
+            (
+                tonic::Code::Unknown,
+                "grpc-status header missing, mapped from HTTP status code 404",
+            ),
+            (
+                tonic::Code::Unimplemented,
+                "unknown service etcdserverpb.Maintenance",
+            ),
+        ] {
+            let e = from_etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(
+                code, msg,
+            )));
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{msg}");
+            assert!(e.message().contains("does not speak etcd's gRPC"), "{e}");
+        }
+        // etcd itself closing a connection that pings too often is no sign
+        // of another server.
+        let e = from_etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(
+            tonic::Code::Unavailable,
+            "h2 protocol error: GoAway(b\"too_many_pings\", ENHANCE_YOUR_CALM, Remote)",
+        )));
+        assert!(!e.message().contains("does not speak"), "{e}");
     }
 
     #[test]

@@ -28,6 +28,17 @@ pub(crate) const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 /// detect a dead link in any useful time.
 pub(crate) const MIN_KEEP_ALIVE: Duration = Duration::from_secs(1);
 pub(crate) const MAX_KEEP_ALIVE: Duration = Duration::from_secs(2 * 60 * 60);
+/// etcd's default request limit (`--max-request-bytes`, 1.5 MiB): a put
+/// whose request is larger is refused, whatever is retried.
+pub(crate) const ETCD_REQUEST_LIMIT: usize = 1_572_864;
+/// What a put request carries besides its key and value, with room to
+/// spare: the request header (member and request ids, user name, auth
+/// revision), the lease id and the field tags and lengths (under 100 bytes
+/// for a user name of 32).
+pub(crate) const REQUEST_ENVELOPE: usize = 1024;
+/// The most bytes of key and value together that [`Service::validate`]
+/// accepts: etcd's default limit less the envelope (1,571,840).
+pub(crate) const MAX_KEY_AND_VALUE: usize = ETCD_REQUEST_LIMIT - REQUEST_ENVELOPE;
 
 /// How to reach and authenticate with etcd (go-kit's `ClientOptions`).
 ///
@@ -240,7 +251,11 @@ impl Default for TtlOption {
 /// [`Instancer`](crate::Instancer)s watch (`/services/<name>/<instance>`);
 /// the value is what they report, typically the address to call. Neither is
 /// checked here: registering an empty key is a `NoKey` error, an empty value
-/// a `NoValue` error.
+/// a `NoValue` error, and a key and value of more than 1,571,840 bytes
+/// together (etcd's default request limit of 1.5 MiB, less 1 KiB for the
+/// rest of the request) an `InvalidArgument` error, all before any network
+/// traffic. An etcd started with a smaller `--max-request-bytes` refuses
+/// smaller ones: that too is `InvalidArgument`, and is not retried.
 ///
 /// ```
 /// use std::time::Duration;
@@ -281,7 +296,9 @@ impl Service {
     }
 
     /// go-kit's checks: `NoKey` for an empty key, then `NoValue` for an empty
-    /// value.
+    /// value; then `InvalidArgument` when key and value together are over
+    /// [`MAX_KEY_AND_VALUE`] bytes, which etcd would refuse (after a round
+    /// trip, or a whole `request_timeout` when gRPC cuts the stream).
     pub(crate) fn validate(&self) -> crate::Result<()> {
         use crate::{Error, ErrorKind};
         if self.key.is_empty() {
@@ -289,6 +306,14 @@ impl Service {
         }
         if self.value.is_empty() {
             return Err(Error::new(ErrorKind::NoValue, "service value is empty"));
+        }
+        let size = self.key.len().saturating_add(self.value.len());
+        if size > MAX_KEY_AND_VALUE {
+            return Err(Error::invalid(format!(
+                "key and value of {size} bytes together are over etcd's request limit \
+                 ({MAX_KEY_AND_VALUE} bytes: its default 1.5 MiB less {REQUEST_ENVELOPE} \
+                 for the rest of the request)"
+            )));
         }
         Ok(())
     }
@@ -376,6 +401,26 @@ mod tests {
             ErrorKind::NoValue
         );
         assert!(Service::new("k", "v").validate().is_ok());
+    }
+
+    #[test]
+    fn key_and_value_together_must_fit_etcds_request_limit() {
+        use crate::ErrorKind;
+        let at_limit = Service::new("k", "v".repeat(MAX_KEY_AND_VALUE - 1));
+        assert!(at_limit.validate().is_ok());
+        let over = Service::new("kk", "v".repeat(MAX_KEY_AND_VALUE - 1));
+        let e = over.validate().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.message().contains("request limit"), "{e}");
+        let e = Service::new("k".repeat(2 << 20), "v")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        // go-kit's checks come first.
+        let e = Service::new("k".repeat(2 << 20), "")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NoValue);
     }
 
     #[test]

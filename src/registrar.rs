@@ -13,7 +13,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,10 +46,16 @@ const LOG: &str = "etcd_sd::registrar";
 ///
 /// While `Registering` or `Lost` the registrar retries with jittered
 /// backoff, 100 ms doubling to 5 s, for as long as it lives; the first
-/// attempt after a loss goes at once.
+/// attempt after a loss goes at once. Only a refusal for good ends that: when
+/// etcd answers `InvalidArgument` (the request is too large for its
+/// `--max-request-bytes`, or malformed), trying again cannot help, so the
+/// registrar revokes the lease it granted and goes back to `Unregistered`,
+/// with an event whose `error` says why; nothing keeps running, and a later
+/// `register` tries again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegistrationState {
-    /// Made, never registered.
+    /// Made, never registered; or refused for good by etcd (see above:
+    /// the event's `error` is of kind `InvalidArgument`), nothing running.
     Unregistered,
     /// First attempt under way (granting the lease, writing the key), or
     /// retrying it after failures.
@@ -81,9 +87,40 @@ pub struct RegistrationEvent {
     pub error: Option<Error>,
 }
 
+/// Whether etcd answers revokes, shared by every Registrar of one client
+/// (held by its `Core`), so that dropping any number of Registrars while
+/// etcd does not answer costs the caller at most one `request_timeout` in
+/// total: once a wait for a revoke has failed, later drops only tell their
+/// task to revoke (in the background, bounded there) and do not wait, until
+/// etcd is seen answering again (a registration written, a revoke done).
+#[derive(Debug, Default)]
+pub(crate) struct DropGate {
+    /// A wait for a revoke failed, and etcd has not answered since.
+    unanswered: AtomicBool,
+}
+
+impl DropGate {
+    /// Whether a drop should wait for its revoke.
+    fn should_wait(&self) -> bool {
+        !self.unanswered.load(Ordering::SeqCst)
+    }
+
+    /// A wait for a revoke timed out, or etcd could not be reached.
+    fn wait_failed(&self) {
+        self.unanswered.store(true, Ordering::SeqCst);
+    }
+
+    /// etcd answered a registration or a revoke.
+    fn etcd_answered(&self) {
+        self.unanswered.store(false, Ordering::SeqCst);
+    }
+}
+
 /// State shared by the handle and the task.
 pub(crate) struct Shared {
     key: String,
+    /// The client's [`DropGate`], told by the task when etcd answers.
+    gate: Arc<DropGate>,
     /// Bumped each time `register` starts a task; a task whose epoch is not
     /// the current one (an old task still finishing its revoke) reports
     /// nothing.
@@ -100,9 +137,10 @@ struct Status {
 }
 
 impl Shared {
-    fn new(key: String) -> Shared {
+    fn new(key: String, gate: Arc<DropGate>) -> Shared {
         Shared {
             key,
+            gate,
             epoch: AtomicU64::new(0),
             status: Mutex::new(Status {
                 state: RegistrationState::Unregistered,
@@ -127,6 +165,9 @@ impl Shared {
         if epoch.is_some_and(|e| e != self.epoch.load(Ordering::SeqCst)) {
             return;
         }
+        if epoch.is_some() && etcd_answered(&st, state, error.as_ref()) {
+            self.gate.etcd_answered();
+        }
         let changed = st.state != state;
         st.state = state;
         st.lease_id = lease_id;
@@ -137,6 +178,10 @@ impl Shared {
             match state {
                 RegistrationState::Lost => {
                     log::warn!(target: LOG, "{}: registration lost: {}", self.key,
+                        error.as_ref().map(ToString::to_string).unwrap_or_default())
+                }
+                RegistrationState::Unregistered if error.is_some() => {
+                    log::warn!(target: LOG, "{}: refused for good, not retrying: {}", self.key,
                         error.as_ref().map(ToString::to_string).unwrap_or_default())
                 }
                 _ => match lease_id {
@@ -178,6 +223,16 @@ impl Shared {
         st.last_error = Some(error);
         drop(st);
         self.changed.notify_all();
+    }
+}
+
+/// Whether a task's report from `before` to `state` shows that etcd answered:
+/// a key written, or a lease in force revoked.
+fn etcd_answered(before: &Status, state: RegistrationState, error: Option<&Error>) -> bool {
+    match state {
+        RegistrationState::Registered => true,
+        RegistrationState::Deregistered => error.is_none() && before.lease_id.is_some(),
+        _ => false,
     }
 }
 
@@ -234,7 +289,7 @@ impl Registrar {
     }
 
     pub(crate) fn on_core(core: Arc<Core>, service: Service) -> Registrar {
-        let shared = Arc::new(Shared::new(service.key.clone()));
+        let shared = Arc::new(Shared::new(service.key.clone(), core.drop_gate.clone()));
         Registrar {
             core,
             service,
@@ -255,6 +310,11 @@ impl Registrar {
     /// # Errors
     /// * `NoKey` / `NoValue`: empty key or value, before any network traffic
     ///   (nothing keeps running then);
+    /// * `InvalidArgument`: key and value over etcd's default request limit
+    ///   (1.5 MiB less 1 KiB, see [`Service`]), before any network traffic;
+    ///   or refused for good by etcd (too large for its
+    ///   `--max-request-bytes`), at once: then nothing keeps running either
+    ///   (state `Unregistered`, lease revoked);
     /// * `Timeout`, `Unavailable`, `Auth`, `Etcd`: the key could not be written
     ///   within `request_timeout` (the last attempt's error; retries go on);
     /// * `Closed`: deregistered by another thread while waiting.
@@ -262,7 +322,9 @@ impl Registrar {
         self.service.validate()?;
         {
             let mut control = self.control.lock();
-            if control.is_none() {
+            // A closed channel: the task gave up for good (refused by etcd)
+            // and ended by itself; start again.
+            if control.as_ref().is_none_or(|c| c.is_closed()) {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let epoch = self.shared.epoch.fetch_add(1, Ordering::SeqCst) + 1;
                 self.shared
@@ -288,6 +350,13 @@ impl Registrar {
                 RegistrationState::Registered => return Ok(()),
                 RegistrationState::Deregistered => {
                     return Err(Error::closed("registrar (deregistered while registering)"))
+                }
+                // Only a task that gave up for good goes back to it.
+                RegistrationState::Unregistered => {
+                    return Err(match &st.last_error {
+                        Some(e) => e.context("register (refused for good)"),
+                        None => Error::invalid("register (refused for good)"),
+                    })
                 }
                 _ => {}
             }
@@ -318,6 +387,10 @@ impl Registrar {
         let Some(control) = control else {
             return Ok(());
         };
+        if control.is_closed() && self.state() == RegistrationState::Unregistered {
+            // The task gave up for good and revoked its lease: nothing runs.
+            return Ok(());
+        }
         let (tx, rx) = cb::bounded(1);
         if control.send(Control::Deregister(tx)).is_err() {
             self.shared
@@ -325,6 +398,11 @@ impl Registrar {
             return Err(Error::closed("client runtime"));
         }
         let r = wait_reply(&rx, self.core.request_timeout(), "deregister");
+        if r.as_ref()
+            .is_err_and(|e| matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable))
+        {
+            self.shared.gate.wait_failed();
+        }
         if r.is_err() {
             // The task finishes by itself (its revoke is bounded too); report
             // the state the caller asked for.
@@ -383,11 +461,15 @@ impl Registrar {
 
 impl Drop for Registrar {
     /// Deregisters. While registered this waits for the revoke, at most
-    /// `request_timeout`; otherwise (etcd unreachable, or still trying) it only
-    /// tells the task to stop, so dropping many registrars during an outage
-    /// does not take `request_timeout` each. Their keys then expire by ttl.
+    /// `request_timeout`, so the key is gone when it returns; otherwise (still
+    /// trying, lost) it only tells the task to stop. It does not wait either
+    /// once a wait for a revoke on this client has failed and etcd has not
+    /// answered since (see `DropGate`): dropping any number of registrars
+    /// costs the caller at most one `request_timeout` in total. The revokes
+    /// then go on in the background, each bounded by `request_timeout`; a
+    /// key whose revoke fails expires by its ttl.
     fn drop(&mut self) {
-        if self.state() == RegistrationState::Registered {
+        if self.state() == RegistrationState::Registered && self.shared.gate.should_wait() {
             if let Err(e) = self.deregister() {
                 log::warn!(target: LOG, "{}: deregister on drop failed: {e}", self.service.key);
             }
@@ -421,6 +503,33 @@ enum Loss {
 }
 
 impl Task {
+    /// Ends the task after etcd refused the registration for good
+    /// (`InvalidArgument`: too large, malformed), where retrying cannot help:
+    /// revokes `lease` (bounded; a failure only means it expires by its
+    /// ttl), closes the control channel so the handle's next `register`
+    /// starts a new task (answering a deregistration that raced in), and
+    /// reports `Unregistered` with the error.
+    async fn give_up(&mut self, ctx: &Ctx, lease: Option<i64>, error: Error) {
+        if let Some(id) = lease {
+            let mut leases = ctx.etcd.lease_client();
+            if let Err(e) = ctx.bounded("revoke lease", leases.revoke(id)).await {
+                log::debug!(target: LOG, "{}: revoking lease {id:x} after a refusal: {e}", self.service.key);
+            }
+        }
+        self.control.close();
+        while let Ok(Control::Deregister(reply)) = self.control.try_recv() {
+            let _ = reply.send(Ok(()));
+        }
+        self.shared.set(
+            Some(self.epoch),
+            RegistrationState::Unregistered,
+            None,
+            Some(error),
+        );
+    }
+}
+
+impl Task {
     pub(crate) async fn run(mut self, ctx: Ctx) {
         let ttl = self.service.ttl_or_default();
         let mut backoff = Backoff::standard();
@@ -442,6 +551,9 @@ impl Task {
                 }
                 Err((e, known_lease)) => {
                     lease = known_lease;
+                    if e.kind() == ErrorKind::InvalidArgument {
+                        return self.give_up(&ctx, lease, e).await;
+                    }
                     self.shared.note_error(self.epoch, e);
                     if !self.pause(&ctx, &mut backoff, lease).await {
                         return;

@@ -150,6 +150,7 @@ pub(crate) struct Core {
     pub(crate) dispatcher: Dispatcher,
     pub(crate) options: ClientOptions,
     pub(crate) endpoints: Vec<String>,
+    pub(crate) drop_gate: std::sync::Arc<registrar::DropGate>,
 }
 
 impl std::fmt::Debug for Core {
@@ -194,6 +195,7 @@ impl Core {
             dispatcher,
             options,
             endpoints,
+            drop_gate: Default::default(),
         };
         // The runtime bounds the dial itself; the margin covers thread start-up.
         match started_rx.recv_timeout(dial_timeout.saturating_add(Duration::from_secs(2))) {

@@ -279,11 +279,14 @@ fn watch_prints_text_with_timestamps() {
     etcd.put(&format!("{p}1"), "x");
     let mut watch = Running::spawn(at(&etcd).args(["watch", &p]));
     let line = watch.expect_line("1 instance", Duration::from_secs(15));
-    // 2024-05-01T12:34:56.789Z  1 instance  x
+    // 2024-05-01T12:34:56.789Z  1 instance
+    //   x
     let (time, rest) = line.split_once("  ").unwrap();
     assert_eq!(time.len(), 24, "{line}");
     assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{line}");
-    assert_eq!(rest, "1 instance  x");
+    assert_eq!(rest, "1 instance");
+    let instance = watch.lines.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(instance, "  x");
     watch.signal("TERM");
     assert_eq!(watch.wait(Duration::from_secs(15)).0, Some(0));
 }
@@ -369,4 +372,113 @@ fn bad_tls_files_exit_4() {
             stderr(&o)
         );
     }
+}
+
+/// Runs `cmd` with stdout a pipe that is closed after the first line is
+/// read, then calls `write_more` (to make the tool write again); returns the
+/// exit code and stderr (bounded: the tool is killed after 15 s).
+fn with_stdout_closed_after_one_line(
+    cmd: &mut Command,
+    write_more: impl FnOnce(),
+) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run etcd-sd");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("first line");
+    assert!(!first.is_empty(), "no first line");
+    drop(stdout); // the reader goes, as `head -1` does
+    write_more();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut code = None;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            code = Some(status.code());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let code = code.unwrap_or_else(|| panic!("etcd-sd did not exit after its stdout closed"));
+    (code, stderr(&out))
+}
+
+#[test]
+fn a_closed_stdout_ends_watch_and_list_quietly() {
+    let etcd = EtcdServer::start();
+    let p = unique_prefix("cli-pipe");
+    let (code, err) = with_stdout_closed_after_one_line(at(&etcd).args(["watch", &p]), || {
+        etcd.put(&format!("{p}1"), "x")
+    });
+    assert_eq!(code, Some(0), "watch: {err}");
+    assert!(!err.contains("panicked"), "watch: {err}");
+    assert!(err.is_empty(), "watch: {err}");
+
+    // More than a pipe holds, so that list is still writing when the
+    // reader goes.
+    let q = unique_prefix("cli-pipe-list");
+    for i in 0..4 {
+        etcd.put(&format!("{q}{i}"), &"v".repeat(40_000));
+    }
+    let (code, err) = with_stdout_closed_after_one_line(at(&etcd).args(["list", &q]), || {});
+    assert_eq!(code, Some(0), "list: {err}");
+    assert!(err.is_empty(), "list: {err}");
+}
+
+#[test]
+fn control_characters_in_values_are_escaped_one_instance_per_line() {
+    let etcd = EtcdServer::start();
+    let p = unique_prefix("cli-escape");
+    let values = [
+        "a\nb",
+        "c\rd\te",
+        "back\\slash",
+        "\u{1b}[31mred\u{7f}",
+        "plain",
+    ];
+    for (i, v) in values.iter().enumerate() {
+        etcd.put(&format!("{p}{i}"), v);
+    }
+    let escaped = [
+        r"a\nb",
+        r"c\rd\te",
+        r"back\\slash",
+        r"\x1b[31mred\x7f",
+        "plain",
+    ];
+
+    let o = run(at(&etcd).args(["list", &p]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), escaped);
+
+    // --json stays JSON (its own escapes).
+    let o = run(at(&etcd).args(["list", &p, "--json"]));
+    assert_eq!(
+        stdout(&o),
+        "[\"a\\nb\",\"c\\rd\\te\",\"back\\\\slash\",\"\\u001b[31mred\u{7f}\",\"plain\"]\n"
+    );
+
+    // watch: a header line per event, then one line per instance (sorted).
+    let mut watch = Running::spawn(at(&etcd).args(["watch", &p]));
+    let header = watch.expect_line("5 instances", Duration::from_secs(15));
+    assert!(header.ends_with("  5 instances"), "{header}");
+    let mut sorted = values;
+    sorted.sort();
+    for v in sorted {
+        let want = format!(
+            "  {}",
+            escaped[values.iter().position(|x| *x == v).unwrap()]
+        );
+        let line = watch
+            .lines
+            .recv_timeout(Duration::from_secs(5))
+            .expect("instance line");
+        assert_eq!(line, want);
+    }
+    watch.signal("TERM");
+    assert_eq!(watch.wait(Duration::from_secs(15)).0, Some(0));
 }

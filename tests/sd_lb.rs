@@ -319,7 +319,7 @@ fn retry_calls_through_the_live_set() {
     assert_eq!(err.raw.len(), 3);
     assert_eq!(
         err.to_string(),
-        "down refused (previously: down refused; down refused)"
+        "down refused (previously: down refused; down refused) after 3 attempts"
     );
 
     // With none, NoEndpoints until the deadline or max.

@@ -15,6 +15,7 @@ mod commands;
 #[path = "etcd-sd/output.rs"]
 mod output;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -35,6 +36,12 @@ impl Failure {
     pub const UNREACHABLE: u8 = 3;
     pub const TLS_OR_AUTH: u8 = 4;
     pub const NO_INSTANCES: u8 = 5;
+
+    /// The reader of stdout went away (`etcd-sd watch … | head -1`): not an
+    /// error; the command ends quietly with status 0.
+    pub fn stdout_closed() -> Failure {
+        Failure::new(0, "")
+    }
 
     pub fn new(code: u8, message: impl Into<String>) -> Failure {
         Failure {
@@ -77,7 +84,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("etcd-sd: {}", f.message);
+            if !f.message.is_empty() {
+                // Not eprintln!: a closed stderr must not panic either.
+                let _ = writeln!(std::io::stderr(), "etcd-sd: {}", f.message);
+            }
             ExitCode::from(f.code)
         }
     }

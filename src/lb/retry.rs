@@ -1,6 +1,7 @@
 //! [`Retry`]: call through a balancer, trying again on failure, within one
 //! deadline (go-kit's `lb.Retry` and `lb.RetryWithCallback`).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,11 @@ use crate::error::{BoxError, Error, ErrorKind};
 /// [`MAX_PAUSE`] while there is still no endpoint.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 const MAX_PAUSE: Duration = Duration::from_millis(250);
+
+/// How many attempts' errors a [`RetryError`] keeps: the most recent ones.
+/// A call with a huge `max` and a long deadline must not keep every error
+/// of an endpoint that always fails (that grew to hundreds of megabytes).
+const MAX_RAW_ERRORS: usize = 64;
 
 /// Decides after each failed attempt: go on?, and an optional replacement for
 /// the error.
@@ -79,7 +85,10 @@ pub fn retry<B>(max: usize, timeout: Duration, balancer: B) -> Retry<B> {
 /// });
 /// let err = r.call(7).unwrap_err();
 /// assert_eq!(err.raw.len(), 2);
-/// assert_eq!(err.to_string(), "gave up after 2 (previously: attempt with 7 failed)");
+/// assert_eq!(
+///     err.to_string(),
+///     "gave up after 2 (previously: attempt with 7 failed) after 2 attempts"
+/// );
 /// ```
 pub fn retry_with_callback<B, C>(timeout: Duration, balancer: B, cb: C) -> Retry<B>
 where
@@ -120,7 +129,8 @@ impl<B> Retry<B> {
     /// came after the deadline.
     ///
     /// # Errors
-    /// A [`RetryError`] whose `raw` holds every attempt's error, in order:
+    /// A [`RetryError`] whose `raw` holds the errors of the last 64
+    /// attempts, in order, and `attempts` their number:
     /// * the policy gave up: `final_error` is the last attempt's error (or
     ///   the callback's replacement);
     /// * the deadline passed: `final_error` is an [`Error`] of kind
@@ -131,12 +141,12 @@ impl<B> Retry<B> {
     {
         let deadline = Instant::now().checked_add(self.timeout);
         let passed = || deadline.is_some_and(|d| Instant::now() >= d);
-        let mut raw: Vec<BoxError> = Vec::new();
+        let mut raw = Kept::default();
         let mut pause = FIRST_PAUSE;
         let mut attempt = 0usize;
         loop {
             if passed() {
-                return Err(self.timed_out(raw, attempt));
+                return Err(self.timed_out(raw.0, attempt));
             }
             attempt += 1;
             let (err, no_endpoints) = match self.balancer.endpoint() {
@@ -151,7 +161,7 @@ impl<B> Retry<B> {
             };
             if passed() {
                 raw.push(err);
-                return Err(self.timed_out(raw, attempt));
+                return Err(self.timed_out(raw.0, attempt));
             }
             let (go_on, replacement) = (self.callback)(attempt, &err);
             if !go_on {
@@ -165,7 +175,11 @@ impl<B> Retry<B> {
                         err
                     }
                 };
-                return Err(RetryError { raw, final_error });
+                return Err(RetryError {
+                    raw: raw.0.into(),
+                    final_error,
+                    attempts: attempt,
+                });
             }
             raw.push(err);
             if no_endpoints {
@@ -181,20 +195,32 @@ impl<B> Retry<B> {
         }
     }
 
-    /// The error for a passed deadline after `attempts` attempts.
-    fn timed_out(&self, raw: Vec<BoxError>, attempts: usize) -> RetryError {
-        let mut message = format!(
-            "retry deadline of {:?} passed after {attempts} attempt{}",
-            self.timeout,
-            if attempts == 1 { "" } else { "s" }
-        );
-        if let Some(last) = raw.last() {
+    /// The error for a passed deadline after `attempts` attempts (the
+    /// [`RetryError`] message gives their number).
+    fn timed_out(&self, raw: VecDeque<BoxError>, attempts: usize) -> RetryError {
+        let mut message = format!("retry deadline of {:?} passed", self.timeout);
+        if let Some(last) = raw.back() {
             message.push_str(&format!("; last error: {last}"));
         }
         RetryError {
-            raw,
+            raw: raw.into(),
             final_error: Box::new(Error::new(ErrorKind::Timeout, message)),
+            attempts,
         }
+    }
+}
+
+/// The errors of the most recent attempts, at most [`MAX_RAW_ERRORS`]:
+/// pushing one more drops the oldest.
+#[derive(Default)]
+struct Kept(VecDeque<BoxError>);
+
+impl Kept {
+    fn push(&mut self, e: BoxError) {
+        if self.0.len() == MAX_RAW_ERRORS {
+            self.0.pop_front();
+        }
+        self.0.push_back(e);
     }
 }
 
@@ -233,17 +259,27 @@ impl std::error::Error for Copied {}
 
 /// Every attempt of a [`Retry::call`] failed (go-kit's `lb.RetryError`).
 ///
-/// `Display` reads like go-kit's: the final error, then the earlier ones:
-/// `final (previously: e1; e2)`. `source()` is the final error.
+/// `Display` reads like go-kit's: the final error, then the earlier ones
+/// that were kept, then the number of attempts:
+/// `final (previously: e1; e2) after 3 attempts`. When more attempts were
+/// made than errors kept, the list starts with how many were dropped:
+/// `final (previously: 936 earlier errors not kept; e937; …; e999) after
+/// 1000 attempts`, so the message stays bounded too. `source()` is the final
+/// error.
 #[derive(Debug)]
 pub struct RetryError {
-    /// Every attempt's error, in order, the last included. When the last one
-    /// is also `final_error`, this holds a copy (a clone for an
-    /// [`Error`](crate::Error), else its text) and `final_error` the original.
+    /// The errors of the most recent attempts, in order, the last included:
+    /// at most 64, so memory stays bounded however many
+    /// attempts were made. When the last one is also `final_error`, this
+    /// holds a copy (a clone for an [`Error`](crate::Error), else its text)
+    /// and `final_error` the original.
     pub raw: Vec<BoxError>,
     /// Why it ended: the last attempt's error, the callback's replacement, or
     /// an [`Error`](crate::Error) of kind `Timeout` when the deadline passed.
     pub final_error: BoxError,
+    /// How many attempts were made (0 when the deadline had passed before
+    /// the first); more than `raw.len()` when older errors were dropped.
+    pub attempts: usize,
 }
 
 impl RetryError {
@@ -258,18 +294,36 @@ impl RetryError {
 impl fmt::Display for RetryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.final_error)?;
-        if self.raw.len() > 1 {
-            // The last raw error is the final one (go-kit's rule).
+        // The last raw error is the final one (go-kit's rule).
+        let earlier = &self.raw[..self.raw.len().saturating_sub(1)];
+        let dropped = self.attempts.saturating_sub(self.raw.len());
+        if !earlier.is_empty() || dropped > 0 {
             f.write_str(" (previously: ")?;
-            for (i, e) in self.raw[..self.raw.len() - 1].iter().enumerate() {
-                if i > 0 {
-                    f.write_str("; ")?;
-                }
-                write!(f, "{e}")?;
+            let mut sep = "";
+            if dropped > 0 {
+                write!(f, "{dropped} earlier error{} not kept", plural(dropped))?;
+                sep = "; ";
+            }
+            for e in earlier {
+                write!(f, "{sep}{e}")?;
+                sep = "; ";
             }
             f.write_str(")")?;
         }
-        Ok(())
+        write!(
+            f,
+            " after {} attempt{}",
+            self.attempts,
+            plural(self.attempts)
+        )
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 

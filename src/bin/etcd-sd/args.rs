@@ -6,8 +6,18 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
+Output:
+  watch, list and pick print one instance per line (watch: after a line with the
+  time and the count, indented by two spaces). So that each stays on one
+  line, values are escaped: a backslash is printed as \\\\, newline as \\n,
+  carriage return as \\r, tab as \\t, any other ASCII control character or
+  DEL as \\xNN (e.g. \\x1b), and other control characters or line separators
+  as \\u{NNNN}. With --json, values are JSON strings instead.
+  A closed stdout (e.g. `etcd-sd watch /p/ | head -1`) ends the command
+  quietly, with status 0.
+
 Exit codes:
-  0  success (register and watch: stopped by Ctrl-C or SIGTERM)
+  0  success (register and watch: stopped by Ctrl-C or SIGTERM, or stdout closed)
   1  other error
   2  bad usage: unknown flag, malformed value, endpoint, key or value
   3  etcd unreachable or too slow (--dial-timeout, --request-timeout)
@@ -91,7 +101,8 @@ pub enum Command {
         heartbeat: Duration,
     },
     /// Print the instances under PREFIX, then every change, with a timestamp,
-    /// until Ctrl-C or SIGTERM
+    /// until Ctrl-C or SIGTERM: a line with the time and the count, then one
+    /// line per instance (escaped, see `etcd-sd --help`)
     Watch {
         /// The prefix, e.g. /services/foosvc/ (end it with /)
         prefix: String,
@@ -99,7 +110,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the values under PREFIX, one per line, in key order
+    /// Print the values under PREFIX, one per line (escaped, see `etcd-sd --help`),
+    /// in key order
     List {
         /// The prefix, e.g. /services/foosvc/
         prefix: String,

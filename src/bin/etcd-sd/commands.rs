@@ -111,12 +111,16 @@ pub fn register(
     let stop = interrupts()?;
     let registrar = Registrar::new(&client, service);
     let events = registrar.events();
-    println!(
-        "{}  registering {key} = {value} (heartbeat {:?}, ttl {:?}); Ctrl-C to deregister",
+    // A closed stdout (`?`) ends the command; dropping the registrar then
+    // deregisters it.
+    output::line(&format!(
+        "{}  registering {} = {} (heartbeat {:?}, ttl {:?}); Ctrl-C to deregister",
         output::now(),
+        output::one_line(key),
+        output::one_line(value),
         ttl.heartbeat(),
         ttl.ttl()
-    );
+    ))?;
     if let Err(e) = registrar.register() {
         match e.kind() {
             ErrorKind::Unavailable | ErrorKind::Timeout => {
@@ -128,7 +132,7 @@ pub fn register(
     loop {
         select! {
             recv(events) -> ev => match ev {
-                Ok(ev) => print_state(&ev),
+                Ok(ev) => print_state(&ev)?,
                 Err(_) => break,
             },
             recv(stop) -> _ => break,
@@ -138,12 +142,17 @@ pub fn register(
     let mut printed = false;
     for ev in events.try_iter() {
         printed |= ev.state == RegistrationState::Deregistered;
-        print_state(&ev);
+        print_state(&ev)?;
     }
     match result {
         Ok(()) => {
             if !printed {
-                println!("{}  {:<13} {key}", output::now(), "Deregistered");
+                output::line(&format!(
+                    "{}  {:<13} {}",
+                    output::now(),
+                    "Deregistered",
+                    output::one_line(key)
+                ))?;
             }
             Ok(())
         }
@@ -157,7 +166,7 @@ pub fn register(
     }
 }
 
-fn print_state(ev: &RegistrationEvent) {
+fn print_state(ev: &RegistrationEvent) -> Result<(), Failure> {
     let lease = ev
         .lease_id
         .map(|id| format!("lease {id:x}"))
@@ -165,14 +174,14 @@ fn print_state(ev: &RegistrationEvent) {
     let error = ev
         .error
         .as_ref()
-        .map(|e| format!("  ({e})"))
+        .map(|e| format!("  ({})", output::one_line(&e.to_string())))
         .unwrap_or_default();
     let line = format!(
         "{}  {:<13} {lease}{error}",
         output::now(),
         format!("{:?}", ev.state)
     );
-    println!("{}", line.trim_end());
+    output::line(line.trim_end())
 }
 
 /// `watch PREFIX`: every event until interrupted.
@@ -185,7 +194,7 @@ pub fn watch(c: &Connection, prefix: &str, json: bool) -> Result<(), Failure> {
     loop {
         select! {
             recv(updates) -> ev => match ev {
-                Ok(ev) => println!("{}", output::event_line(&output::now(), &ev, json)),
+                Ok(ev) => output::lines(output::event_lines(&output::now(), &ev, json))?,
                 Err(_) => break,
             },
             recv(stop) -> _ => break,
@@ -202,13 +211,10 @@ pub fn list(c: &Connection, prefix: &str, json: bool) -> Result<(), Failure> {
         .get_entries(prefix)
         .map_err(|e| Failure::from_error(&format!("cannot list {prefix}"), &e))?;
     if json {
-        println!("{}", output::json_array(values.iter().map(String::as_str)));
+        output::line(&output::json_array(values.iter().map(String::as_str)))
     } else {
-        for v in &values {
-            println!("{v}");
-        }
+        output::lines(values.iter().map(|v| output::one_line(v)))
     }
-    Ok(())
 }
 
 /// `pick PREFIX`: `n` picks of a round-robin or random balancer.
@@ -246,7 +252,7 @@ pub fn pick(
                 Failure::from_error("pick", &e)
             }
         })?;
-        println!("{instance}");
+        output::line(&output::one_line(&instance))?;
     }
     Ok(())
 }

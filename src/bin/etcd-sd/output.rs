@@ -1,8 +1,63 @@
-//! How things are printed: UTC timestamps, JSON strings, events.
+//! How things are printed: UTC timestamps, JSON strings, values on one
+//! line, events; and stdout, which the reader may close at any time.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use etcd_sd::Event;
+
+use crate::Failure;
+
+/// Prints `text` and a newline on stdout. A reader that went away (`| head
+/// -1`) ends the command quietly ([`Failure::stdout_closed`]); any other
+/// write error is a failure.
+pub fn line(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Failure::stdout_closed(),
+            _ => Failure::new(Failure::OTHER, format!("cannot write to stdout: {e}")),
+        })
+}
+
+/// Each of `lines` with [`line`].
+pub fn lines<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> Result<(), Failure> {
+    lines.into_iter().try_for_each(|l| line(l.as_ref()))
+}
+
+/// `s` on one line, unambiguously: a backslash becomes `\\`, newline `\n`,
+/// carriage return `\r`, tab `\t`, any other ASCII control character or DEL
+/// `\xNN`, and any other control character or line or paragraph separator
+/// `\u{NNNN}`. Everything else is printed as it is.
+pub fn one_line(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c == '\\' || c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
 
 /// The current time as RFC 3339 UTC with milliseconds,
 /// e.g. `2024-05-01T12:34:56.789Z`.
@@ -67,35 +122,42 @@ pub fn json_array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     format!("[{}]", parts.join(","))
 }
 
-/// One watch line: text or JSON.
-pub fn event_line(time: &str, event: &Event, json: bool) -> String {
+/// The lines of one watch event: one JSON object, or a header line with the
+/// time and the count (and the error, if any) followed by one line per
+/// instance, indented by two spaces and escaped with [`one_line`].
+pub fn event_lines(time: &str, event: &Event, json: bool) -> Vec<String> {
     if json {
-        let error = match &event.err {
-            None => "null".to_string(),
-            Some(e) => format!(
-                "{{\"kind\":{},\"message\":{}}}",
-                json_string(&format!("{:?}", e.kind())),
-                json_string(&e.to_string())
-            ),
-        };
-        format!(
-            "{{\"time\":{},\"instances\":{},\"error\":{error}}}",
-            json_string(time),
-            json_array(event.instances.iter())
-        )
-    } else {
-        let n = event.instances.len();
-        let list: Vec<&str> = event.instances.iter().collect();
-        match &event.err {
-            None => format!("{time}  {n} instance{}  {}", plural(n), list.join(" "))
-                .trim_end()
-                .to_string(),
-            Some(e) => format!(
-                "{time}  error: {e}  (last known: {})",
-                format!("{n} instance{}  {}", plural(n), list.join(" ")).trim_end()
-            ),
-        }
+        return vec![event_json(time, event)];
     }
+    let n = event.instances.len();
+    let count = format!("{n} instance{}", plural(n));
+    let header = match &event.err {
+        None => format!("{time}  {count}"),
+        Some(e) => format!(
+            "{time}  error: {}  (last known: {count})",
+            one_line(&e.to_string())
+        ),
+    };
+    std::iter::once(header)
+        .chain(event.instances.iter().map(|i| format!("  {}", one_line(i))))
+        .collect()
+}
+
+/// One watch event as a JSON object on one line.
+fn event_json(time: &str, event: &Event) -> String {
+    let error = match &event.err {
+        None => "null".to_string(),
+        Some(e) => format!(
+            "{{\"kind\":{},\"message\":{}}}",
+            json_string(&format!("{:?}", e.kind())),
+            json_string(&e.to_string())
+        ),
+    };
+    format!(
+        "{{\"time\":{},\"instances\":{},\"error\":{error}}}",
+        json_string(time),
+        json_array(event.instances.iter())
+    )
 }
 
 fn plural(n: usize) -> &'static str {
@@ -127,24 +189,52 @@ mod tests {
     }
 
     #[test]
-    fn event_lines() {
+    fn values_on_one_line() {
+        assert_eq!(one_line("plain value"), "plain value");
+        assert!(matches!(one_line("plain"), Cow::Borrowed(_)));
+        assert_eq!(one_line("a\nb\rc\td"), r"a\nb\rc\td");
+        assert_eq!(one_line("back\\slash"), r"back\\slash");
+        assert_eq!(one_line("\u{1b}[0m\u{7f}\u{0}"), r"\x1b[0m\x7f\x00");
+        assert_eq!(one_line("\u{85}\u{2028}é"), r"\u{0085}\u{2028}é");
+        // Unambiguous: an escaped newline and a backslash followed by n differ.
+        assert_ne!(one_line("\n"), one_line("\\n"));
+    }
+
+    #[test]
+    fn event_lines_text_and_json() {
         let ok = Event {
-            instances: Instances::from_iter(["b", "a"]),
+            instances: Instances::from_iter(["b", "a\nc"]),
             err: None,
         };
         assert_eq!(
-            event_line("T", &ok, true),
-            r#"{"time":"T","instances":["a","b"],"error":null}"#
+            event_lines("T", &ok, true),
+            [r#"{"time":"T","instances":["a\nc","b"],"error":null}"#]
         );
-        assert_eq!(event_line("T", &ok, false), "T  2 instances  a b");
+        assert_eq!(
+            event_lines("T", &ok, false),
+            ["T  2 instances", r"  a\nc", "  b"]
+        );
+        let empty = Event {
+            instances: Instances::default(),
+            err: None,
+        };
+        assert_eq!(event_lines("T", &empty, false), ["T  0 instances"]);
         let bad = Event {
             instances: Instances::from_iter(["a"]),
-            err: Some(Error::new(ErrorKind::Unavailable, "down")),
+            err: Some(Error::new(ErrorKind::Unavailable, "down\nhard")),
         };
         assert_eq!(
-            event_line("T", &bad, true),
-            r#"{"time":"T","instances":["a"],"error":{"kind":"Unavailable","message":"etcd unavailable: down"}}"#
+            event_lines("T", &bad, true),
+            [
+                r#"{"time":"T","instances":["a"],"error":{"kind":"Unavailable","message":"etcd unavailable: down\nhard"}}"#
+            ]
         );
-        assert!(event_line("T", &bad, false).contains("error: etcd unavailable: down"));
+        assert_eq!(
+            event_lines("T", &bad, false),
+            [
+                r"T  error: etcd unavailable: down\nhard  (last known: 1 instance)",
+                "  a"
+            ]
+        );
     }
 }

@@ -84,7 +84,7 @@ fn gives_up_after_max_with_go_kit_message() {
     ]);
     let err = retry(3, Duration::from_secs(5), &b).call(0).unwrap_err();
     assert_eq!(b.calls(), 3);
-    assert_eq!(err.to_string(), "e3 (previously: e1; e2)");
+    assert_eq!(err.to_string(), "e3 (previously: e1; e2) after 3 attempts");
     assert_eq!(err.final_error.to_string(), "e3");
     let raw: Vec<String> = err.raw.iter().map(|e| e.to_string()).collect();
     assert_eq!(
@@ -100,7 +100,7 @@ fn gives_up_after_max_with_go_kit_message() {
 fn one_failure_has_no_previously() {
     let b = Script::new(vec![Ok(Err("only"))]);
     let err = retry(1, Duration::from_secs(5), &b).call(0).unwrap_err();
-    assert_eq!(err.to_string(), "only");
+    assert_eq!(err.to_string(), "only after 1 attempt");
     assert_eq!(err.raw.len(), 1);
 }
 
@@ -132,7 +132,10 @@ fn callback_sees_attempts_from_one_and_may_replace_the_error() {
         [1, 2, 3, 4]
     );
     assert!(seen.iter().all(|(_, e)| e == "boom"));
-    assert_eq!(err.to_string(), "replaced (previously: boom; boom; boom)");
+    assert_eq!(
+        err.to_string(),
+        "replaced (previously: boom; boom; boom) after 4 attempts"
+    );
     assert_eq!(err.raw.len(), 4);
     assert!(err.raw.iter().all(|e| e.to_string() == "boom"));
 }
@@ -164,6 +167,12 @@ fn deadline_gives_a_timeout_error() {
     );
     assert!(b.calls() >= 1 && b.calls() < 50, "{} attempts", b.calls());
     assert_eq!(err.raw.len(), b.calls());
+    assert_eq!(err.attempts, b.calls());
+    assert!(
+        err.to_string()
+            .ends_with(&format!(" after {} attempts", b.calls())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -173,6 +182,7 @@ fn zero_timeout_times_out_without_an_attempt() {
     assert_eq!(err.kind(), Some(ErrorKind::Timeout));
     assert_eq!(b.calls(), 0);
     assert!(err.raw.is_empty());
+    assert_eq!(err.attempts, 0);
 }
 
 #[test]
@@ -239,4 +249,86 @@ fn retry_is_send_and_sync() {
     check::<Retry<RoundRobin<Ep>>>();
     check::<Retry<crate::lb::Random<Ep>>>();
     check::<RetryError>();
+}
+
+/// How many [`Counted`] errors are alive now, and the most ever alive at
+/// once: what a long retry keeps in memory.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// An error that counts its live copies in [`LIVE`] and [`PEAK`].
+#[derive(Debug)]
+struct Counted(usize);
+
+impl Counted {
+    fn new(n: usize) -> Counted {
+        let live = LIVE.fetch_add(1, Ordering::SeqCst) + 1;
+        PEAK.fetch_max(live, Ordering::SeqCst);
+        Counted(n)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl fmt::Display for Counted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "e{}", self.0)
+    }
+}
+
+impl std::error::Error for Counted {}
+
+/// One endpoint that fails at once, numbering its errors from 1.
+struct AlwaysFailing(Arc<AtomicUsize>);
+
+impl Balancer<Endpoint<u32, u32>> for AlwaysFailing {
+    fn endpoint(&self) -> Result<Endpoint<u32, u32>> {
+        let n = self.0.clone();
+        Ok(Arc::new(move |_| {
+            Err(Counted::new(n.fetch_add(1, Ordering::Relaxed) + 1).into())
+        }))
+    }
+}
+
+#[test]
+fn a_million_attempts_keep_only_the_last_64_errors() {
+    const ATTEMPTS: usize = 1_000_000;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let r = retry(
+        ATTEMPTS,
+        Duration::from_secs(600),
+        AlwaysFailing(calls.clone()),
+    );
+    let err = r.call(0).unwrap_err();
+    assert_eq!(calls.load(Ordering::Relaxed), ATTEMPTS);
+    assert_eq!(err.attempts, ATTEMPTS);
+    assert_eq!(err.raw.len(), 64, "raw keeps the 64 most recent errors");
+    let raw: Vec<String> = err.raw.iter().map(|e| e.to_string()).collect();
+    let want: Vec<String> = (ATTEMPTS - 63..=ATTEMPTS)
+        .map(|n| format!("e{n}"))
+        .collect();
+    assert_eq!(
+        raw, want,
+        "the most recent ones, in order, the last included"
+    );
+    assert_eq!(err.final_error.to_string(), format!("e{ATTEMPTS}"));
+    // Memory stays bounded: never more than the kept errors (plus the one
+    // in hand and the final one) were alive at once.
+    let peak = PEAK.load(Ordering::SeqCst);
+    assert!(peak <= 66, "{peak} errors alive at once");
+    // The message: the go-kit form, bounded, with the attempt count.
+    let text = err.to_string();
+    assert!(
+        text.starts_with("e1000000 (previously: 999936 earlier errors not kept; e999937; e999938;"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("; e999999) after 1000000 attempts"),
+        "{text}"
+    );
+    assert!(text.len() < 2_000, "message of {} bytes", text.len());
 }
