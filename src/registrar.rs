@@ -511,8 +511,7 @@ impl Task {
     /// reports `Unregistered` with the error.
     async fn give_up(&mut self, ctx: &Ctx, lease: Option<i64>, error: Error) {
         if let Some(id) = lease {
-            let mut leases = ctx.etcd.lease_client();
-            if let Err(e) = ctx.bounded("revoke lease", leases.revoke(id)).await {
+            if let Err(e) = revoke(ctx, id).await {
                 log::debug!(target: LOG, "{}: revoking lease {id:x} after a refusal: {e}", self.service.key);
             }
         }

@@ -255,7 +255,7 @@ impl Balancer<Endpoint<(), ()>> for Attempts<'_> {
 /// growing to 250 ms), never past the deadline.
 ///
 /// Returns `ETCD_SD_OK` when an attempt returned 0; otherwise the last error
-/// text reads `final (previously: e1; e2)` and the status is
+/// text reads `final (previously: e1; e2) after N attempts` and the status is
 /// `ETCD_SD_ERR_TIMEOUT` when the deadline passed,
 /// `ETCD_SD_ERR_NO_ENDPOINTS` when the last attempt found the set empty,
 /// `ETCD_SD_ERR_CLOSED` once the instancer is stopped or freed, and
