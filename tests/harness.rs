@@ -104,3 +104,53 @@ fn harness_fault_proxy() {
         "get", "/proxy/b"
     ])));
 }
+
+#[test]
+fn harness_silent_port_raw_etcd_and_new_histories() {
+    use std::io::{Read, Write};
+
+    // A silent port accepts, takes bytes and never answers.
+    let silent = support::SilentPort::start();
+    let mut s = std::net::TcpStream::connect(silent.endpoint()).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = s.read(&mut buf);
+    assert!(
+        matches!(&read, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the silent port answered: {read:?}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || silent.accepted() == 1));
+    // Nothing listens on a closed endpoint.
+    assert!(std::net::TcpStream::connect(support::closed_endpoint()).is_err());
+
+    // Raw bytes in and out.
+    let mut etcd = EtcdServer::start();
+    let raw = support::RawEtcd::connect(&etcd.endpoint());
+    let p = support::unique_prefix("raw");
+    let k = [p.as_bytes(), b"\xff"].concat();
+    let rev = raw.put(&k, b"\xfe");
+    assert!(rev > 1);
+    assert_eq!(raw.get_prefix(&p), vec![(k.clone(), b"\xfe".to_vec())]);
+    assert_eq!(raw.revision(), rev);
+    assert_eq!(raw.delete(&k), 1);
+    let ids = raw.ids();
+    drop(raw);
+
+    // A wiped etcd keeps its cluster and member ids; another cluster on the
+    // same port has others; both start their history again.
+    etcd.restart_empty();
+    let raw = support::RawEtcd::connect(&etcd.endpoint());
+    assert_eq!(raw.ids(), ids);
+    assert!(raw.revision() < rev);
+    drop(raw);
+    let port = etcd.client_port();
+    etcd.restart_as_other_cluster();
+    assert_eq!(etcd.client_port(), port);
+    let raw = support::RawEtcd::connect(&etcd.endpoint());
+    let other = raw.ids();
+    assert_ne!(other.0, ids.0, "cluster id");
+    assert_ne!(other.1, ids.1, "member id");
+    assert!(raw.revision() < rev);
+}

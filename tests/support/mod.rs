@@ -6,7 +6,8 @@
 //! waits are bounded; `Drop` kills the process and removes the directory (also
 //! while a test panics, in which case the tail of the etcd log is printed).
 //! `FaultProxy` sits between a client and etcd to cut the link while etcd
-//! keeps running.
+//! keeps running. `SilentPort` accepts TCP and never answers; `RawEtcd` talks
+//! to etcd directly with `etcd_client` (byte keys, many fast writes).
 //!
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
@@ -435,6 +436,29 @@ impl EtcdServer {
         self.kill();
         let _ = std::fs::remove_dir_all(self.data_dir());
         self.restart();
+    }
+
+    /// Starts a different single-member cluster on the same ports: the data
+    /// dir is wiped and the member gets a new `--name` and
+    /// `--initial-cluster-token`, so etcd's cluster and member ids change
+    /// (unlike [`restart_empty`](EtcdServer::restart_empty), which keeps
+    /// them). Waits until it answers. Only for a server made by `start`.
+    pub fn restart_as_other_cluster(&mut self) {
+        assert!(
+            self.initial_cluster.is_none(),
+            "restart_as_other_cluster is for a single-member server"
+        );
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.data_dir());
+        let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+        self.name = format!("it{n}-other");
+        self.cluster_token = Some(format!("it{n}-other-cluster"));
+        self.restart();
+    }
+
+    /// Whether etcd is stopped by [`pause`](EtcdServer::pause).
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     fn signal(&self, sig: &str) {
@@ -887,22 +911,47 @@ impl EtcdCluster {
         self.members[i].restart();
     }
 
-    /// The first running member, for etcdctl work (linearizable through any
-    /// member while the cluster has a quorum).
+    /// Freezes member `i` (SIGSTOP): its sockets stay open, nothing answers.
+    /// The cluster helpers below leave a paused member alone.
+    pub fn pause(&mut self, i: usize) {
+        self.members[i].pause();
+    }
+
+    /// Resumes member `i` after [`pause`](EtcdCluster::pause) (SIGCONT).
+    pub fn resume(&mut self, i: usize) {
+        self.members[i].resume();
+    }
+
+    /// Whether member `i` is paused.
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.members[i].is_paused()
+    }
+
+    /// Whether member `i` runs and is not paused, i.e. can answer.
+    pub fn is_answering(&self, i: usize) -> bool {
+        self.members[i].is_running() && !self.members[i].is_paused()
+    }
+
+    /// The first running (and not paused) member, for etcdctl work
+    /// (linearizable through any member while the cluster has a quorum).
     pub fn any_live(&self) -> &EtcdServer {
         self.members
             .iter()
-            .find(|m| m.is_running())
+            .find(|m| m.is_running() && !m.is_paused())
             .expect("no member running")
     }
 
-    /// Runs etcdctl against the running members, retrying (bounded by
+    /// Runs etcdctl against the running, not paused members, retrying (bounded by
     /// `timeout`) while they fail, e.g. during a leader election.
     pub fn etcdctl_retry(&self, args: &[&str], timeout: Duration) -> String {
         let mut last = String::new();
         let mut out = None;
         wait_until(timeout, || {
-            for m in self.members.iter().filter(|m| m.is_running()) {
+            for m in self
+                .members
+                .iter()
+                .filter(|m| m.is_running() && !m.is_paused())
+            {
                 match m.try_etcdctl_timeout(args, "3s") {
                     Ok(o) => {
                         out = Some(o);
@@ -924,12 +973,34 @@ impl EtcdCluster {
         self.etcdctl_retry(&["put", "--", key, value], Duration::from_secs(20));
     }
 
+    /// Makes member `to` the leader (`etcdctl move-leader` through the
+    /// current leader) and waits, bounded by `timeout`, until the answering
+    /// members agree; returns whether `to` leads.
+    pub fn move_leader_to(&self, to: usize, timeout: Duration) -> bool {
+        let Some(leader) = self.leader_index(timeout) else {
+            return false;
+        };
+        if leader == to {
+            return true;
+        }
+        let Some((id, _)) = self.members[to].member_and_leader() else {
+            return false;
+        };
+        let hex = format!("{id:x}");
+        if let Err(e) = self.members[leader].try_etcdctl_timeout(&["move-leader", &hex], "5s") {
+            eprintln!("move-leader to m{to} failed: {e}");
+        }
+        wait_until(timeout, || {
+            self.leader_index(Duration::from_secs(2)) == Some(to)
+        })
+    }
+
     /// Index of the member whose client port is `port`.
     pub fn index_of_port(&self, port: u16) -> Option<usize> {
         self.members.iter().position(|m| m.client_port == port)
     }
 
-    /// Index of the current leader among the running members, waiting
+    /// Index of the current leader among the running (not paused) members, waiting
     /// (bounded by `timeout`) until the running members agree on one.
     pub fn leader_index(&self, timeout: Duration) -> Option<usize> {
         let mut found = None;
@@ -937,7 +1008,7 @@ impl EtcdCluster {
             let mut ids = Vec::new();
             let mut leaders = Vec::new();
             for (i, m) in self.members.iter().enumerate() {
-                if !m.is_running() {
+                if !m.is_running() || m.is_paused() {
                     continue;
                 }
                 if let Some((id, leader)) = m.member_and_leader() {
@@ -1242,4 +1313,208 @@ fn http_get(hostport: &str, path: &str) -> Option<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
+}
+
+/// `127.0.0.1:PORT` of a port nothing listens on: connecting is refused at
+/// once (a closed port, like a host whose etcd is down). The port is below
+/// the ephemeral range and never handed out twice by [`free_port`].
+pub fn closed_endpoint() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A port on 127.0.0.1 that accepts TCP connections and never reads from or
+/// writes to them, like a hung process whose kernel still completes the
+/// handshake: a client connects, sends, and waits forever. The connections
+/// are held until the `SilentPort` is dropped.
+pub struct SilentPort {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+/// The most connections a [`SilentPort`] holds; later ones are accepted and
+/// dropped at once (never reached in practice).
+const SILENT_MAX_CONNS: usize = 10_000;
+
+impl SilentPort {
+    /// Listens on a free 127.0.0.1 port.
+    pub fn start() -> SilentPort {
+        let mut listener = None;
+        for _ in 0..20 {
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", free_port())) {
+                listener = Some(l);
+                break;
+            }
+        }
+        let listener = listener.expect("bind silent port");
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (st, acc) = (stop.clone(), accepted.clone());
+        let acceptor = std::thread::Builder::new()
+            .name("it-silent-accept".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut held: Vec<TcpStream> = Vec::new();
+                while !st.load(Ordering::SeqCst) && started.elapsed() < PROXY_MAX_LIFETIME {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            acc.fetch_add(1, Ordering::SeqCst);
+                            if held.len() < SILENT_MAX_CONNS {
+                                held.push(conn);
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+                // Dropping `held` closes every connection.
+            })
+            .unwrap();
+        SilentPort {
+            port,
+            stop,
+            accepted,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SilentPort {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+/// A direct `etcd_client` connection to one etcd on 127.0.0.1, on a private
+/// current-thread tokio runtime: writes keys and values as raw bytes (which
+/// etcdctl cannot), and many writes quickly (one etcdctl process each is
+/// slow). Every call is bounded; a failure panics.
+pub struct RawEtcd {
+    rt: tokio::runtime::Runtime,
+    client: etcd_client::Client,
+    endpoint: String,
+}
+
+/// Bound of each [`RawEtcd`] call (all attempts together).
+const RAW_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RawEtcd {
+    /// Connects to `endpoint` (`127.0.0.1:PORT`, plain http).
+    pub fn connect(endpoint: &str) -> RawEtcd {
+        assert!(
+            endpoint.starts_with("127.0.0.1:"),
+            "RawEtcd only talks to 127.0.0.1"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let url = format!("http://{endpoint}");
+        let client = rt
+            .block_on(async {
+                tokio::time::timeout(RAW_TIMEOUT, etcd_client::Client::connect([url], None)).await
+            })
+            .unwrap_or_else(|_| panic!("connect to {endpoint}: timed out"))
+            .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"));
+        RawEtcd {
+            rt,
+            client,
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    /// Runs one request, retrying (at most 20 times, within [`RAW_TIMEOUT`])
+    /// while it fails, e.g. right after etcd started.
+    fn run<T, F, Fut>(&self, what: &str, mut f: F) -> T
+    where
+        F: FnMut(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + RAW_TIMEOUT;
+        let mut last = String::new();
+        for _ in 0..20 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let fut = f(self.client.clone());
+            match self
+                .rt
+                .block_on(async { tokio::time::timeout(left, fut).await })
+            {
+                Ok(Ok(v)) => return v,
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timed out".into(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what} on {}: {last}", self.endpoint);
+    }
+
+    /// Puts `key` = `value` (bytes, no lease); returns the revision of the write.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> i64 {
+        let (k, v) = (key.as_ref().to_vec(), value.as_ref().to_vec());
+        let resp = self.run("put", |mut c| {
+            let (k, v) = (k.clone(), v.clone());
+            async move { c.put(k, v, None).await }
+        });
+        resp.header().map(|h| h.revision()).unwrap_or(0)
+    }
+
+    /// Deletes `key`; returns how many keys were deleted.
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> i64 {
+        let k = key.as_ref().to_vec();
+        let resp = self.run("delete", |mut c| {
+            let k = k.clone();
+            async move { c.delete(k, None).await }
+        });
+        resp.deleted()
+    }
+
+    /// (key, value) of every key under `prefix`, as bytes, in key order.
+    pub fn get_prefix(&self, prefix: impl AsRef<[u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let p = prefix.as_ref().to_vec();
+        let resp = self.run("get", |mut c| {
+            let p = p.clone();
+            async move {
+                c.get(p, Some(etcd_client::GetOptions::new().with_prefix()))
+                    .await
+            }
+        });
+        resp.kvs()
+            .iter()
+            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+            .collect()
+    }
+
+    /// The current revision of the store.
+    pub fn revision(&self) -> i64 {
+        let resp = self.run("get", |mut c| async move {
+            c.get("/etcd-sd-it-revision", None).await
+        });
+        resp.header().map(|h| h.revision()).unwrap_or(0)
+    }
+
+    /// (cluster id, member id) from the header of a status call.
+    pub fn ids(&self) -> (u64, u64) {
+        let resp = self.run("status", |mut c| async move { c.status().await });
+        resp.header()
+            .map(|h| (h.cluster_id(), h.member_id()))
+            .unwrap_or((0, 0))
+    }
 }
