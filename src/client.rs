@@ -9,11 +9,13 @@ use crossbeam_channel as cb;
 use parking_lot::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::instancer::validate_prefix;
-use crate::options::{ClientOptions, Service};
-use crate::registrar::{Registrar, RegistrationState};
+use crate::options::{validate_prefix, ClientOptions, Service};
+// The one deliberate import circle: `Client::register` is go-kit's sugar over
+// a `Registrar` (which is made from a `Client`).
+use crate::registrar::Registrar;
+use crate::registration::RegistrationState;
+use crate::runtime::notify;
 use crate::runtime::{Command, Core};
-use crate::watch_prefix;
 
 const LOG: &str = "etcd_sd::client";
 
@@ -96,8 +98,7 @@ impl Client {
             .iter()
             .map(|e| normalize_endpoint(e.as_ref(), tls))
             .collect::<Result<Vec<_>>>()?;
-        let connect = connect_options(&options)?;
-        let core = Core::start(endpoints, connect, options)?;
+        let core = Core::start(endpoints, options)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 registered: Mutex::new(HashMap::new()),
@@ -164,12 +165,10 @@ impl Client {
         validate_prefix(prefix)?;
         let (tx, rx) = cb::bounded(1);
         let _ = tx.try_send(());
-        self.inner
-            .core
-            .send(Command::WatchPrefix(watch_prefix::Task {
-                prefix: prefix.to_owned(),
-                tx,
-            }))?;
+        self.inner.core.send(Command::WatchPrefix(notify::Task {
+            prefix: prefix.to_owned(),
+            tx,
+        }))?;
         Ok(rx)
     }
 
@@ -355,96 +354,6 @@ pub(crate) fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String> {
     Ok(format!("{scheme}://{rest}"))
 }
 
-/// The shortest HTTP/2 ping interval we use. etcd's default server policy
-/// (`--grpc-keepalive-min-time`) accepts one ping per 5 s and closes the
-/// connection of a client that pings more often; etcd's Go client (through
-/// gRPC) raises anything under 10 s to 10 s, and so do we. A hung member is
-/// found by the application-level probes of `members.rs` instead.
-pub(crate) const MIN_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Maps our options onto etcd-client's, for the connection to each member:
-/// HTTP/2 pings every `max(dial_keep_alive, 10 s)` while streams are open
-/// (never on an idle connection, which etcd's policy does not permit either),
-/// answered within `dial_keep_alive`; `require_leader` (so a member cut off
-/// from its cluster fails watches instead of going silent), token refresh,
-/// TLS and user.
-fn connect_options(options: &ClientOptions) -> Result<etcd_client::ConnectOptions> {
-    let keep_alive = options.effective_dial_keep_alive();
-    let mut connect = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(options.effective_dial_timeout())
-        .with_keep_alive(keep_alive.max(MIN_PING_INTERVAL), keep_alive)
-        .with_keep_alive_while_idle(false)
-        .with_tcp_keepalive(keep_alive)
-        .with_require_leader(true)
-        .with_auto_token_refresh(true);
-    match (&options.username, &options.password) {
-        (Some(user), password) => {
-            connect = connect.with_user(user.clone(), password.clone().unwrap_or_default());
-        }
-        (None, Some(_)) => return Err(Error::invalid("a password without a username")),
-        (None, None) => {}
-    }
-    if options.uses_tls() {
-        connect = connect.with_tls(tls_options(options)?);
-    }
-    Ok(connect)
-}
-
-fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Tls,
-            format!("cannot read {what} {}", path.display()),
-            e,
-        )
-    })
-}
-
-/// Checks that a file holds a PEM block whose label ends with `label`
-/// (`CERTIFICATE`, or `PRIVATE KEY` for any key type). The contents are never
-/// put in the error.
-fn require_pem(pem: &[u8], path: &std::path::Path, label: &str) -> Result<()> {
-    let text = String::from_utf8_lossy(pem);
-    let found = text.lines().any(|l| {
-        l.strip_prefix("-----BEGIN ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-            .is_some_and(|name| name.ends_with(label))
-    });
-    if found {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorKind::Tls,
-            format!("{} holds no PEM {}", path.display(), label.to_lowercase()),
-        ))
-    }
-}
-
-fn tls_options(options: &ClientOptions) -> Result<etcd_client::TlsOptions> {
-    let mut tls = etcd_client::TlsOptions::new();
-    if let Some(ca) = &options.ca_cert {
-        let pem = read_pem(ca, "CA certificate")?;
-        require_pem(&pem, ca, "CERTIFICATE")?;
-        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
-    }
-    match (&options.cert, &options.key) {
-        (Some(cert_path), Some(key_path)) => {
-            let cert = read_pem(cert_path, "client certificate")?;
-            let key = read_pem(key_path, "client key")?;
-            require_pem(&cert, cert_path, "CERTIFICATE")?;
-            require_pem(&key, key_path, "PRIVATE KEY")?;
-            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
-        }
-        (None, None) => {}
-        _ => {
-            return Err(Error::invalid(
-                "a client certificate needs its key, and a key its certificate",
-            ))
-        }
-    }
-    Ok(tls)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,40 +387,5 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{e:?}");
         }
         assert!(normalize_endpoint("http://127.0.0.1:2379", true).is_err());
-    }
-
-    #[test]
-    fn tls_file_errors() {
-        let o = ClientOptions {
-            ca_cert: Some("/nonexistent/ca.pem".into()),
-            ..Default::default()
-        };
-        assert_eq!(tls_options(&o).unwrap_err().kind(), ErrorKind::Tls);
-        let o = ClientOptions {
-            cert: Some("/nonexistent/c.pem".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            tls_options(&o).unwrap_err().kind(),
-            ErrorKind::InvalidArgument
-        );
-        // Files that exist but hold no PEM of the right kind.
-        let dir = tempfile::tempdir().unwrap();
-        let junk = dir.path().join("junk.pem");
-        std::fs::write(&junk, "not a pem").unwrap();
-        let o = ClientOptions {
-            cert: Some(junk.clone()),
-            key: Some(junk.clone()),
-            ..Default::default()
-        };
-        assert_eq!(tls_options(&o).unwrap_err().kind(), ErrorKind::Tls);
-        let key = dir.path().join("key.pem");
-        std::fs::write(
-            &key,
-            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
-        )
-        .unwrap();
-        assert!(require_pem(&std::fs::read(&key).unwrap(), &key, "PRIVATE KEY").is_ok());
-        assert!(require_pem(&std::fs::read(&key).unwrap(), &key, "CERTIFICATE").is_err());
     }
 }

@@ -413,6 +413,23 @@ pub(crate) fn is_lease_not_found(e: &Error) -> bool {
     e.kind() == ErrorKind::Etcd && e.message().contains("lease not found")
 }
 
+/// True for the ways a TLS 1.3 server's refusal of the client certificate
+/// shows up when the alert loses the race with the connection's end.
+pub(crate) fn closed_during_handshake(e: &Error) -> bool {
+    if e.kind() != ErrorKind::Unavailable {
+        return false;
+    }
+    let text = e.message().to_ascii_lowercase();
+    [
+        "connection closed",
+        "broken pipe",
+        "connection reset",
+        "unexpected eof",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
 /// True when another member may well succeed where this error came from
 /// one: the member is unreachable, hung, cut off from its leader or busy
 /// electing one. Definite answers (permissions, bad requests, a lease that

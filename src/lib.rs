@@ -216,14 +216,12 @@ mod ffi;
 mod instancer;
 mod instances;
 pub mod lb;
-mod members;
 mod name;
 mod options;
-mod prefix_watch;
 mod registrar;
+mod registration;
 mod runtime;
 pub mod sd;
-mod watch_prefix;
 
 /// The channels updates arrive on: a re-export of `crossbeam_channel`.
 pub use crossbeam_channel as channel;
@@ -233,7 +231,8 @@ pub use error::{BoxError, Error, ErrorKind, Result};
 pub use instancer::{CallbackId, Instancer};
 pub use instances::{Event, Instances, Iter};
 pub use options::{ClientOptions, Service, TtlOption};
-pub use registrar::{Registrar, RegistrationEvent, RegistrationState};
+pub use registrar::Registrar;
+pub use registration::{RegistrationEvent, RegistrationState};
 
 #[cfg(test)]
 mod tests {

@@ -42,6 +42,13 @@ impl Name {
     pub(crate) fn as_c_ptr(&self) -> *const c_char {
         self.0.as_ptr().cast()
     }
+
+    /// The bytes [`as_c_ptr`](Name::as_c_ptr) points at: the value and the
+    /// NUL after it.
+    #[cfg(test)]
+    fn bytes_with_nul(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 impl Keyed for Name {
@@ -100,15 +107,15 @@ mod tests {
         for v in ["", "http://10.0.0.1:8080", "ünï\u{1F600}"] {
             let n = Name::new(v);
             assert_eq!(n.as_str(), v);
-            // SAFETY: `as_c_ptr` points at the value and a NUL, alive with `n`.
-            let c = unsafe { CStr::from_ptr(n.as_c_ptr()) };
+            assert_eq!(n.as_c_ptr().cast::<u8>(), n.bytes_with_nul().as_ptr());
+            let c = CStr::from_bytes_until_nul(n.bytes_with_nul()).unwrap();
             assert_eq!(c.to_str().unwrap(), v);
         }
         // An inner NUL cuts the C view, not the Rust one.
         let n = Name::new("a\0b");
         assert_eq!(n.as_str(), "a\0b");
-        // SAFETY: as above.
-        assert_eq!(unsafe { CStr::from_ptr(n.as_c_ptr()) }.to_bytes(), b"a");
+        let c = CStr::from_bytes_until_nul(n.bytes_with_nul()).unwrap();
+        assert_eq!(c.to_bytes(), b"a");
     }
 
     #[test]

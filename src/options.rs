@@ -6,6 +6,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::error::{Error, Result};
+
 /// Default `dial_timeout` and `dial_keep_alive`.
 pub(crate) const DEFAULT_DIAL: Duration = Duration::from_secs(3);
 /// Default `request_timeout`.
@@ -317,6 +319,16 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// Checks a prefix for reading or watching.
+pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() {
+        return Err(Error::invalid(
+            "empty prefix (it would match every key); use \"/\" for all keys under /",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

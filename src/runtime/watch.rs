@@ -1,5 +1,5 @@
 //! One watch session over a prefix that can be resumed where it broke: what
-//! the Instancer and `Client::watch_prefix` both run, each with its own
+//! discovery (`discover`) and the `WatchPrefix` notifier (`notify`) both run, each with its own
 //! handling of the responses.
 //!
 //! A [`Position`] carries the chain from one session to the next: the
@@ -13,29 +13,25 @@
 //! lost its data and has since written past the revision (its anchor key is
 //! not what it was at the anchor's revision).
 
+use std::ops::ControlFlow;
+
 use etcd_client::{GetOptions, KeyValue, WatchOptions, WatchResponse};
 
 use crate::error::{
     from_cancel_reason, from_etcd, is_compacted, is_future_revision, Error, ErrorKind,
 };
-use crate::runtime::{kv, watch, Ctx, PrefixRead};
+use crate::runtime::etcd::{kv, watch, Ctx, PrefixRead};
 
 /// How a session ended.
 #[derive(Debug)]
 pub(crate) enum End {
-    /// The handler asked to stop.
+    /// The handler asked to stop (`ControlFlow::Break`).
     Stopped,
     /// The history to resume from is gone (the text says why). Read again.
     HistoryGone(&'static str),
     /// The stream could not be opened, broke, was cancelled by etcd, or its
     /// member stopped answering.
     Broken(Error),
-}
-
-/// What the handler wants after a response.
-pub(crate) enum Flow {
-    Continue,
-    Stop,
 }
 
 /// A key as it was written at one revision: if etcd still holds the history
@@ -134,7 +130,7 @@ pub(crate) async fn session(
     ctx: &Ctx,
     prefix: &str,
     pos: &mut Position,
-    on: impl FnMut(&WatchResponse) -> Flow,
+    on: impl FnMut(&WatchResponse) -> ControlFlow<()>,
 ) -> End {
     let end = run(ctx, prefix, pos, on).await;
     if let End::Broken(_) = end {
@@ -149,7 +145,7 @@ async fn run(
     ctx: &Ctx,
     prefix: &str,
     pos: &mut Position,
-    mut on: impl FnMut(&WatchResponse) -> Flow,
+    mut on: impl FnMut(&WatchResponse) -> ControlFlow<()>,
 ) -> End {
     if pos.revision > 0 && !pos.checked {
         match same_history(ctx, pos).await {
@@ -228,7 +224,7 @@ async fn run(
                 }
             }
         }
-        if let Flow::Stop = on(&resp) {
+        if on(&resp).is_break() {
             return End::Stopped;
         }
     }

@@ -1,12 +1,14 @@
-//! go-kit's `Client.WatchPrefix`: a notifier that sends `()` once at start and
+//! go-kit's `WatchPrefix`: a notifier that sends `()` once at start and
 //! then once per batch of changes under a prefix (coalesced: at most one
 //! notification waits in the channel).
+
+use std::ops::ControlFlow;
 
 use crossbeam_channel as cb;
 
 use crate::backoff::Backoff;
-use crate::prefix_watch::{self, End, Flow, Position};
-use crate::runtime::Ctx;
+use crate::runtime::etcd::Ctx;
+use crate::runtime::watch::{self as prefix_watch, End, Position};
 
 const LOG: &str = "etcd_sd::watch_prefix";
 
@@ -44,9 +46,9 @@ impl Task {
                 let changes = !resp.events().is_empty();
                 let progress = !changes && !resp.created();
                 if (changes || progress) && !self.notify() {
-                    return Flow::Stop;
+                    return ControlFlow::Break(());
                 }
-                Flow::Continue
+                ControlFlow::Continue(())
             })
             .await;
             match end {

@@ -1,4 +1,4 @@
-//! The members of the cluster a `Client` was given, and the choice among them.
+//! The members of the cluster the client was given, and the choice among them.
 //!
 //! etcd-client's multi-endpoint channel balances every request over all
 //! endpoints, dead or alive, so one dead member made a share of all calls
@@ -57,7 +57,7 @@ struct Member {
     hung: watch::Sender<u64>,
 }
 
-/// The members of one Client, shared by the runtime's tasks.
+/// The members of one client, shared by the runtime's tasks.
 pub(crate) struct Members {
     members: Vec<Member>,
     preferred: AtomicUsize,

@@ -1,0 +1,550 @@
+//! The registration state machine, one task per registration on the runtime
+//! thread: grant a lease (an id of our choosing) and put the key under it,
+//! with the watch on the key opened alongside; keep the lease alive at the
+//! heartbeat on the member that answers; notice a lost lease, a deleted key or
+//! a whole ttl without an answer; start again with backoff; revoke on
+//! deregistration.
+//!
+//! ```text
+//! Unregistered ─register()─▶ Registering ─key written─▶ Registered ◀──┐
+//!                                                          │           │ key written
+//!                                 lease expired/revoked,   ▼           │ again (backoff)
+//!                                 key deleted ──────────▶ Lost ────────┘
+//! any state ─deregister()/drop─▶ Deregistered (lease revoked, key gone)
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::backoff::{Backoff, SplitMix64};
+use crate::error::{
+    from_cancel_reason, from_etcd, is_lease_exists, is_lease_not_found, Error, ErrorKind, Result,
+};
+use crate::options::{Service, TtlOption};
+use crate::registration::{Control, RegistrationState, Shared};
+use crate::runtime::etcd::{kv, watch, Ctx};
+use crate::runtime::members::InUse;
+
+const LOG: &str = "etcd_sd::registrar";
+
+/// The registration state machine, run on the runtime thread.
+pub(crate) struct Task {
+    service: Service,
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedReceiver<Control>,
+    epoch: u64,
+}
+
+impl Task {
+    /// The state machine of `service`, reporting to `shared` as `epoch`,
+    /// told what to do by `control`.
+    pub(crate) fn new(
+        service: Service,
+        shared: Arc<Shared>,
+        control: mpsc::UnboundedReceiver<Control>,
+        epoch: u64,
+    ) -> Task {
+        Task {
+            service,
+            shared,
+            control,
+            epoch,
+        }
+    }
+}
+
+/// Why the keep-alive phase ended.
+enum Loss {
+    /// The lease is gone (expired or revoked): grant a new one.
+    Lease(Error),
+    /// The key is gone but the lease may live: put again under it.
+    Key(Error),
+    /// No keep-alive was answered for a whole ttl (etcd unreachable, or a
+    /// cluster busy electing a leader). The lease may have survived: the
+    /// next attempt puts under it first and grants a new one only if etcd
+    /// says it is gone.
+    Silent(Error),
+}
+
+impl Task {
+    /// Ends the task after etcd refused the registration for good
+    /// (`InvalidArgument`: too large, malformed), where retrying cannot help:
+    /// revokes `lease` (bounded; a failure only means it expires by its
+    /// ttl), closes the control channel so the handle's next `register`
+    /// starts a new task (answering a deregistration that raced in), and
+    /// reports `Unregistered` with the error.
+    async fn give_up(&mut self, ctx: &Ctx, lease: Option<i64>, error: Error) {
+        if let Some(id) = lease {
+            if let Err(e) = revoke(ctx, id).await {
+                log::debug!(target: LOG, "{}: revoking lease {id:x} after a refusal: {e}", self.service.key);
+            }
+        }
+        self.control.close();
+        while let Ok(Control::Deregister(reply)) = self.control.try_recv() {
+            let _ = reply.send(Ok(()));
+        }
+        self.shared.set(
+            Some(self.epoch),
+            RegistrationState::Unregistered,
+            None,
+            Some(error),
+        );
+    }
+}
+
+impl Task {
+    pub(crate) async fn run(mut self, ctx: Ctx) {
+        let ttl = self.service.ttl_or_default();
+        let mut backoff = Backoff::standard();
+        let mut lease: Option<i64> = None;
+        loop {
+            // Establish: (grant and) put.
+            let attempt = establish(&ctx, &self.service, ttl, lease);
+            let outcome = tokio::select! {
+                r = attempt => r,
+                c = self.control.recv() => return self.finish(&ctx, c, lease).await,
+            };
+            let (revision, watch) = match outcome {
+                Ok((id, revision, watch)) => {
+                    lease = Some(id);
+                    backoff.reset();
+                    self.shared
+                        .set(Some(self.epoch), RegistrationState::Registered, lease, None);
+                    (revision, watch)
+                }
+                Err((e, known_lease)) => {
+                    lease = known_lease;
+                    if e.kind() == ErrorKind::InvalidArgument {
+                        return self.give_up(&ctx, lease, e).await;
+                    }
+                    self.shared.note_error(self.epoch, e);
+                    if !self.pause(&ctx, &mut backoff, lease).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            // Keep alive until lost.
+            let id = lease.expect("registered with a lease");
+            // The streams live out here so that a deregister revokes the
+            // lease before they are torn down (closing them first would put
+            // their RST_STREAM frames ahead of the revoke on the connection).
+            let mut streams = Streams {
+                keeper: None,
+                watch,
+            };
+            let loss = tokio::select! {
+                l = keep_alive(&ctx, &self.service.key, id, ttl, revision, &mut streams) => l,
+                c = self.control.recv() => {
+                    self.finish(&ctx, c, lease).await;
+                    drop(streams);
+                    return;
+                }
+            };
+            drop(streams);
+            let error = match loss {
+                Loss::Lease(e) => {
+                    lease = None;
+                    e
+                }
+                Loss::Key(e) | Loss::Silent(e) => e,
+            };
+            self.shared
+                .set(Some(self.epoch), RegistrationState::Lost, None, Some(error));
+            // The first attempt after a loss goes at once (etcd may well be
+            // answering: a revoked lease, a deleted key); failures then back
+            // off from 100 ms.
+        }
+    }
+
+    /// Waits the next backoff step; false when told to stop meanwhile (and
+    /// then already finished).
+    async fn pause(&mut self, ctx: &Ctx, backoff: &mut Backoff, lease: Option<i64>) -> bool {
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            c = self.control.recv() => {
+                self.finish(ctx, c, lease).await;
+                false
+            }
+        }
+    }
+
+    /// Deregisters (revoking `lease` if known) and reports to whoever asked.
+    async fn finish(&mut self, ctx: &Ctx, control: Option<Control>, lease: Option<i64>) {
+        let result = match lease {
+            Some(id) => revoke(ctx, id).await,
+            None => Ok(()),
+        };
+        self.shared.set(
+            Some(self.epoch),
+            RegistrationState::Deregistered,
+            None,
+            result.clone().err(),
+        );
+        if let Some(Control::Deregister(reply)) = control {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Revokes a lease; one that is gone already is fine.
+async fn revoke(ctx: &Ctx, id: i64) -> Result<()> {
+    ctx.call("revoke lease", move |c| async move {
+        c.lease_client().revoke(id).await
+    })
+    .await
+    .map(|_| ())
+    .or_else(|e| {
+        if is_lease_not_found(&e) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })
+}
+
+/// Grants a lease of `ttl` with an id of our choosing, so that a grant that
+/// reaches etcd twice (sent again to another member when the first did not
+/// answer in time) makes one lease, not two: the second attempt hears that
+/// the lease exists, which is ours.
+async fn grant(ctx: &Ctx, ttl: TtlOption) -> Result<i64> {
+    let id = new_lease_id();
+    let seconds = ttl.lease_seconds();
+    match ctx
+        .call("grant lease", move |c| async move {
+            let options = etcd_client::LeaseGrantOptions::new().with_id(id);
+            c.lease_client().grant(seconds, Some(options)).await
+        })
+        .await
+    {
+        Ok(resp) => Ok(resp.id()),
+        Err(e) if is_lease_exists(&e) => Ok(id),
+        Err(e) => Err(e),
+    }
+}
+
+/// A random positive lease id (etcd takes any but 0; 63 random bits make a
+/// clash with another lease as good as impossible).
+fn new_lease_id() -> i64 {
+    thread_local! {
+        static RNG: std::cell::RefCell<SplitMix64> = std::cell::RefCell::new(SplitMix64::from_entropy());
+    }
+    loop {
+        let id = RNG.with(|r| (r.borrow_mut().next_u64() >> 1) as i64);
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// Writes the service's key under `lease`; returns the revision of the write.
+async fn put(ctx: &Ctx, service: &Service, lease: i64) -> Result<i64> {
+    let (key, value) = (service.key.clone(), service.value.clone());
+    let resp = ctx
+        .call("put", move |c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                kv(&c)
+                    .put(
+                        key,
+                        value,
+                        Some(etcd_client::PutOptions::new().with_lease(lease)),
+                    )
+                    .await
+            }
+        })
+        .await?;
+    Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+}
+
+/// What [`establish`] returns: the lease, the revision of the write and the
+/// watch on the key (when it could be opened).
+type Established = (i64, i64, Option<OwnKeyWatch>);
+
+/// Grants a lease (unless `lease` is given and still valid) and writes the key
+/// under it. Returns the lease, the revision of the write and a watch on the
+/// key that etcd created before the write; on failure, the error and the
+/// lease that is known to exist (to reuse or revoke).
+///
+/// The watch is opened alongside the grant, so it costs the registration no
+/// time, and it is in place before `register()` returns: a deregistration
+/// right after never races etcd setting up the watch. A watch that cannot be
+/// opened is not an error: [`keep_alive`] opens it again from the write's
+/// revision, so no change to the key is missed either way.
+async fn establish(
+    ctx: &Ctx,
+    service: &Service,
+    ttl: TtlOption,
+    lease: Option<i64>,
+) -> std::result::Result<Established, (Error, Option<i64>)> {
+    let watch = watch_own_key(ctx, &service.key, WatchFrom::Now, open_bound(ctx, ttl));
+    let (watch, granted) = match lease {
+        Some(id) => {
+            let watch = watch.await;
+            match put(ctx, service, id).await {
+                Ok(revision) => return Ok((id, revision, watch)),
+                Err(e) if is_lease_not_found(&e) => {}
+                Err(e) => return Err((e, Some(id))),
+            }
+            (watch, grant(ctx, ttl).await)
+        }
+        None => tokio::join!(watch, grant(ctx, ttl)),
+    };
+    let id = granted.map_err(|e| (e, None))?;
+    match put(ctx, service, id).await {
+        Ok(revision) => Ok((id, revision, watch)),
+        Err(e) => Err((e, Some(id))),
+    }
+}
+
+/// How long opening one of a registration's streams may take.
+fn open_bound(ctx: &Ctx, ttl: TtlOption) -> Duration {
+    ctx.request_timeout
+        .min(ttl.heartbeat().max(Duration::from_millis(500)))
+}
+
+/// Where a watch on a registrar's own key starts.
+#[derive(Clone, Copy)]
+enum WatchFrom {
+    /// From the next revision; the watch is returned once etcd has created
+    /// it, so every later change reaches it.
+    Now,
+    /// From the revision after this one (history is replayed). Its creation,
+    /// or its cancellation (compaction), is the stream's first message, which
+    /// [`keep_alive`] reads.
+    After(i64),
+}
+
+/// A watch on a registrar's own key, and its member.
+type OwnKeyWatch = (InUse, etcd_client::WatchStream);
+
+/// A lease keep-alive stream, and its member.
+type Keeper = (
+    InUse,
+    etcd_client::LeaseKeeper,
+    etcd_client::LeaseKeepAliveStream,
+);
+
+/// Opens a watch on `key`; `None` if that fails within `bound` (logged).
+async fn watch_own_key(
+    ctx: &Ctx,
+    key: &str,
+    from: WatchFrom,
+    bound: Duration,
+) -> Option<OwnKeyWatch> {
+    let owned = key.to_owned();
+    let open = ctx.open("watch own key", bound, move |c| {
+        let key = owned.clone();
+        async move {
+            let mut client = watch(&c);
+            match from {
+                WatchFrom::After(revision) => {
+                    let opts = etcd_client::WatchOptions::new().with_start_revision(revision + 1);
+                    client.watch(key, Some(opts)).await
+                }
+                WatchFrom::Now => {
+                    let mut stream = client.watch(key, None).await?;
+                    match stream.message().await? {
+                        Some(resp) if resp.created() && !resp.canceled() => Ok(stream),
+                        Some(resp) => Err(etcd_client::Error::WatchError(format!(
+                            "watch cancelled by etcd: {}",
+                            resp.cancel_reason()
+                        ))),
+                        None => Err(etcd_client::Error::WatchError("watch stream closed".into())),
+                    }
+                }
+            }
+        }
+    });
+    match open.await {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            log::debug!(target: LOG, "{key}: cannot watch own key: {e}");
+            None
+        }
+    }
+}
+
+/// The keep-alive stream and the own-key watch of one registration.
+#[derive(Default)]
+struct Streams {
+    keeper: Option<Keeper>,
+    watch: Option<OwnKeyWatch>,
+}
+
+/// Keeps `lease` alive at the heartbeat and watches `key` for changes after
+/// `revision` (the write); returns when the lease or the key is gone, or when
+/// no keep-alive succeeded for a whole ttl (etcd has dropped the lease by
+/// then).
+async fn keep_alive(
+    ctx: &Ctx,
+    key: &str,
+    lease: i64,
+    ttl: TtlOption,
+    revision: i64,
+    streams: &mut Streams,
+) -> Loss {
+    use etcd_client::EventType;
+    let heartbeat = ttl.heartbeat();
+    let mut last_ok = tokio::time::Instant::now();
+    let Streams { keeper, watch } = streams;
+    let mut watched_rev = revision;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let open_bound = open_bound(ctx, ttl);
+    // A missing or broken key watch is reopened from the last revision seen
+    // (the put's at first), so no change is missed, at the next heartbeat.
+    let open_watch = |from: i64| watch_own_key(ctx, key, WatchFrom::After(from), open_bound);
+    if watch.is_none() {
+        *watch = open_watch(watched_rev).await;
+    }
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if watch.is_none() {
+                    *watch = open_watch(watched_rev).await;
+                }
+                if last_ok.elapsed() >= ttl.ttl() {
+                    return Loss::Silent(Error::new(ErrorKind::Unavailable,
+                        format!("no keep-alive answered for {:?} (the ttl)", ttl.ttl())));
+                }
+                match keeper {
+                    Some((_, k, _)) => {
+                        if k.keep_alive().await.is_err() {
+                            *keeper = None;
+                        }
+                    }
+                    None => {
+                        let open = ctx.open("keep-alive", open_bound, move |c| async move {
+                            c.lease_client().keep_alive(lease).await
+                        });
+                        match open.await {
+                            Ok((member, (k, stream))) => {
+                                // Opening sends and answers the first keep-alive.
+                                last_ok = tokio::time::Instant::now();
+                                *keeper = Some((member, k, stream));
+                            }
+                            Err(e) if is_lease_not_found(&e) => return Loss::Lease(e),
+                            Err(e) => log::debug!(target: LOG, "{key}: keep-alive stream failed: {e}"),
+                        }
+                    }
+                }
+            }
+            msg = next_message(keeper) => match msg {
+                Ok(Some(resp)) if resp.ttl() <= 0 => {
+                    return Loss::Lease(Error::new(ErrorKind::Etcd, "lease expired or revoked"));
+                }
+                Ok(Some(_)) => last_ok = tokio::time::Instant::now(),
+                // Broken, or its member hung: a new stream, on the member
+                // that answers, at the next heartbeat.
+                Ok(None) | Err(_) => *keeper = None,
+            },
+            msg = next_message(watch) => match msg {
+                Ok(Some(resp)) => {
+                    if resp.canceled() {
+                        *watch = None;
+                        // An expired auth token cancels watches; refresh it
+                        // before the next heartbeat reopens this one.
+                        ctx.refresh_auth(&from_cancel_reason(resp.cancel_reason())).await;
+                        if resp.compact_revision() > 0 {
+                            // History is gone; a fresh watch from now plus a
+                            // read tell us whether the key is still there.
+                            watched_rev = resp.compact_revision() - 1;
+                            let owned = key.to_owned();
+                            let get = ctx.call("get own key", move |c| {
+                                let key = owned.clone();
+                                async move { kv(&c).get(key, None).await }
+                            });
+                            if let Ok(r) = get.await {
+                                watched_rev = r.header().map(|h| h.revision()).unwrap_or(watched_rev);
+                                if r.kvs().is_empty() {
+                                    return Loss::Key(Error::new(ErrorKind::Etcd, "key deleted by someone else"));
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    if let Some(h) = resp.header() {
+                        watched_rev = watched_rev.max(h.revision());
+                    }
+                    for ev in resp.events() {
+                        if let Some(kv) = ev.kv() {
+                            // A watch opened before the write also sees the
+                            // write itself, and whatever came before it.
+                            if kv.mod_revision() <= revision {
+                                continue;
+                            }
+                            watched_rev = watched_rev.max(kv.mod_revision());
+                        }
+                        match ev.event_type() {
+                            EventType::Delete => {
+                                return Loss::Key(Error::new(ErrorKind::Etcd, "key deleted by someone else"));
+                            }
+                            EventType::Put => {
+                                if let Some(kv) = ev.kv() {
+                                    if kv.lease() != lease {
+                                        log::warn!(target: LOG, "{key}: overwritten by someone else (lease {:x}); waiting for it to go", kv.lease());
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => *watch = None,
+            },
+        }
+    }
+}
+
+/// The next message of a stream held with its member: `Err` when the stream
+/// broke or its member was declared hung (which the caller treats alike: a
+/// new stream, where etcd answers).
+async fn next_message<S: NextMessage>(
+    slot: &mut Option<S>,
+) -> std::result::Result<Option<S::Message>, Error> {
+    match slot {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A stream of a registration, held with its member.
+trait NextMessage {
+    type Message;
+    async fn next(&mut self) -> std::result::Result<Option<Self::Message>, Error>;
+}
+
+/// Waits for `stream`'s next message, or for `member` to be declared hung.
+async fn message_or_hung<T>(
+    member: &mut InUse,
+    stream: impl std::future::Future<Output = std::result::Result<Option<T>, etcd_client::Error>>,
+) -> std::result::Result<Option<T>, Error> {
+    tokio::select! {
+        m = stream => m.map_err(|e| {
+            let e = from_etcd(e);
+            member.failed(&e);
+            e
+        }),
+        _ = member.hung() => Err(Error::new(ErrorKind::Unavailable,
+            format!("member {} stopped answering", member.endpoint()))),
+    }
+}
+
+impl NextMessage for Keeper {
+    type Message = etcd_client::LeaseKeepAliveResponse;
+    async fn next(&mut self) -> std::result::Result<Option<Self::Message>, Error> {
+        let (member, _, stream) = self;
+        message_or_hung(member, stream.message()).await
+    }
+}
+
+impl NextMessage for OwnKeyWatch {
+    type Message = etcd_client::WatchResponse;
+    async fn next(&mut self) -> std::result::Result<Option<Self::Message>, Error> {
+        let (member, stream) = self;
+        message_or_hung(member, stream.message()).await
+    }
+}

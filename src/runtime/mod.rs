@@ -1,0 +1,271 @@
+//! The hidden runtime: one std thread (`etcd-sd-runtime`) running a
+//! current-thread tokio runtime that owns the connections to etcd, and
+//! everything that runs on it. Nothing in this folder knows the public
+//! handles; they sit above it and talk to it through [`Core`].
+//!
+//! Public handles never touch tokio. They send a [`Command`] over an unbounded
+//! channel and, when they need an answer, wait on a crossbeam channel with a
+//! deadline. Nothing here calls `block_on` on a caller's thread, so the blocking
+//! API may be used from inside another tokio runtime.
+//!
+//! * [`etcd`]: connecting, the context of every task (calls, streams, auth),
+//!   the paged prefix read;
+//! * [`members`]: one connection per endpoint, failover, the prober;
+//! * [`watch`]: the resumable prefix watch session;
+//! * [`lease`]: the registration state machine;
+//! * [`discover`]: the discovery watch loop and its view;
+//! * [`notify`]: go-kit's `WatchPrefix` notifier.
+
+pub(crate) mod discover;
+pub(crate) mod etcd;
+pub(crate) mod lease;
+pub(crate) mod members;
+pub(crate) mod notify;
+pub(crate) mod watch;
+
+use std::sync::Arc;
+use std::thread::{self, JoinHandle, ThreadId};
+use std::time::Duration;
+
+use crossbeam_channel as cb;
+use tokio::sync::mpsc;
+
+use crate::dispatch::Dispatcher;
+use crate::error::{Error, ErrorKind, Result};
+use crate::options::ClientOptions;
+use crate::registration::DropGate;
+use etcd::{connect_and_check, connect_options, get_entries, kv, Ctx};
+use members::Members;
+
+/// Where a task sends its one answer.
+pub(crate) type Reply<T> = cb::Sender<Result<T>>;
+
+/// Everything the runtime thread can be asked to do: a closed set, so all the
+/// work that reaches etcd is visible here.
+pub(crate) enum Command {
+    /// Read the values under a prefix, in key order.
+    GetEntries {
+        prefix: String,
+        reply: Reply<Vec<String>>,
+    },
+    /// Delete one key (go-kit's `Deregister` of a key the client did not register).
+    DeleteKey { key: String, reply: Reply<()> },
+    /// Start the state machine of one registration.
+    Register(lease::Task),
+    /// Start the watch loop of one instancer.
+    Watch(discover::Task),
+    /// Start a go-kit `WatchPrefix` notifier.
+    WatchPrefix(notify::Task),
+}
+
+/// The runtime and dispatcher threads of one client, shared by every handle
+/// made from it. Dropping the last reference stops and joins both threads.
+pub(crate) struct Core {
+    commands: Option<mpsc::UnboundedSender<Command>>,
+    runtime_thread: Option<JoinHandle<()>>,
+    runtime_thread_id: ThreadId,
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) options: ClientOptions,
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) drop_gate: std::sync::Arc<DropGate>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("endpoints", &self.endpoints)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Starts both threads and connects; returns once etcd answered a status
+    /// call, or with the error that prevented it, within `dial_timeout`.
+    pub(crate) fn start(endpoints: Vec<String>, options: ClientOptions) -> Result<Core> {
+        let connect = connect_options(&options)?;
+        let dial_timeout = options.effective_dial_timeout();
+        let dispatcher = Dispatcher::start(options.effective_request_timeout())?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (started_tx, started_rx) = cb::bounded::<Result<()>>(1);
+        let startup = Startup {
+            endpoints: endpoints.clone(),
+            connect,
+            request_timeout: options.effective_request_timeout(),
+            dial_timeout,
+            tls: options.uses_tls(),
+        };
+        let handle = thread::Builder::new()
+            .name("etcd-sd-runtime".into())
+            .spawn(move || run_runtime(startup, cmd_rx, started_tx))
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Unavailable, "cannot start the runtime thread", e)
+            })?;
+        let runtime_thread_id = handle.thread().id();
+        let core = Core {
+            commands: Some(cmd_tx),
+            runtime_thread: Some(handle),
+            runtime_thread_id,
+            dispatcher,
+            options,
+            endpoints,
+            drop_gate: Default::default(),
+        };
+        // The runtime bounds the dial itself; the margin covers thread start-up.
+        match started_rx.recv_timeout(dial_timeout.saturating_add(Duration::from_secs(2))) {
+            Ok(Ok(())) => Ok(core),
+            Ok(Err(e)) => Err(e),
+            Err(cb::RecvTimeoutError::Timeout) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("etcd did not answer within {dial_timeout:?}"),
+            )),
+            Err(cb::RecvTimeoutError::Disconnected) => {
+                Err(Error::closed("runtime thread (it stopped during start-up)"))
+            }
+        }
+    }
+
+    /// Hands a command to the runtime thread.
+    pub(crate) fn send(&self, cmd: Command) -> Result<()> {
+        match &self.commands {
+            Some(tx) => tx.send(cmd).map_err(|_| Error::closed("client runtime")),
+            None => Err(Error::closed("client runtime")),
+        }
+    }
+
+    /// Sends a command that answers once, and waits at most `timeout` for the
+    /// answer.
+    pub(crate) fn call<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T> {
+        let (tx, rx) = cb::bounded(1);
+        self.send(make(tx))?;
+        wait_reply(&rx, timeout, what)
+    }
+
+    /// The request timeout in force.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.options.effective_request_timeout()
+    }
+}
+
+/// Waits for a task's answer: its own result, `Timeout` after `timeout`, or
+/// `Closed` when the task went away without answering (runtime gone).
+pub(crate) fn wait_reply<T>(
+    rx: &cb::Receiver<Result<T>>,
+    timeout: Duration,
+    what: &str,
+) -> Result<T> {
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(cb::RecvTimeoutError::Timeout) => Err(Error::timeout(what)),
+        Err(cb::RecvTimeoutError::Disconnected) => Err(Error::closed("client runtime")),
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Closing the command channel ends the runtime loop; the runtime then
+        // drops every task and the connection.
+        drop(self.commands.take());
+        if let Some(handle) = self.runtime_thread.take() {
+            if thread::current().id() == self.runtime_thread_id {
+                log::error!(target: "etcd_sd::runtime", "last client handle dropped on the runtime thread; not joining it");
+            } else if handle.join().is_err() {
+                log::error!(target: "etcd_sd::runtime", "the runtime thread panicked");
+            }
+        }
+        self.dispatcher.shutdown();
+    }
+}
+
+/// What the runtime thread needs to connect.
+struct Startup {
+    endpoints: Vec<String>,
+    connect: etcd_client::ConnectOptions,
+    request_timeout: Duration,
+    dial_timeout: Duration,
+    tls: bool,
+}
+
+fn run_runtime(
+    startup: Startup,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    started: cb::Sender<Result<()>>,
+) {
+    let Startup {
+        endpoints,
+        connect,
+        request_timeout,
+        dial_timeout,
+        tls,
+    } = startup;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .thread_name("etcd-sd-blocking")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = started.send(Err(Error::with_source(
+                ErrorKind::Unavailable,
+                "cannot build the tokio runtime",
+                e,
+            )));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let members = Arc::new(Members::new(&endpoints, connect));
+        if let Err(e) = connect_and_check(&members, &endpoints, dial_timeout, tls).await {
+            let _ = started.send(Err(e));
+            return;
+        }
+        tokio::spawn(members.clone().probe_loop());
+        let ctx = Ctx {
+            members,
+            request_timeout,
+        };
+        if started.send(Ok(())).is_err() {
+            return; // the caller gave up waiting
+        }
+        log::info!(target: "etcd_sd::runtime", "connected to etcd at {endpoints:?}");
+        while let Some(cmd) = commands.recv().await {
+            let ctx = ctx.clone();
+            match cmd {
+                Command::GetEntries { prefix, reply } => {
+                    tokio::spawn(async move {
+                        let _ = reply.send(get_entries(&ctx, &prefix).await);
+                    });
+                }
+                Command::DeleteKey { key, reply } => {
+                    tokio::spawn(async move {
+                        let r = ctx
+                            .call("delete", move |c| {
+                                let key = key.clone();
+                                async move { kv(&c).delete(key, None).await }
+                            })
+                            .await
+                            .map(|_| ());
+                        let _ = reply.send(r);
+                    });
+                }
+                Command::Register(task) => {
+                    tokio::spawn(task.run(ctx));
+                }
+                Command::Watch(task) => {
+                    tokio::spawn(task.run(ctx));
+                }
+                Command::WatchPrefix(task) => {
+                    tokio::spawn(task.run(ctx));
+                }
+            }
+        }
+        log::debug!(target: "etcd_sd::runtime", "command channel closed; runtime stopping");
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
