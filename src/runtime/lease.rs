@@ -107,14 +107,21 @@ impl Task {
                 c = self.control.recv() => return self.finish(&ctx, c, lease).await,
             };
             let (revision, watch) = match outcome {
-                Ok((id, revision, watch)) => {
+                Ok(Established {
+                    lease: id,
+                    revision,
+                    watch,
+                }) => {
                     lease = Some(id);
                     backoff.reset();
                     self.shared
                         .set(Some(self.epoch), RegistrationState::Registered, lease, None);
                     (revision, watch)
                 }
-                Err((e, known_lease)) => {
+                Err(NotEstablished {
+                    error: e,
+                    lease: known_lease,
+                }) => {
                     lease = known_lease;
                     if e.kind() == ErrorKind::InvalidArgument {
                         return self.give_up(&ctx, lease, e).await;
@@ -260,9 +267,29 @@ async fn put(ctx: &Ctx, service: &Service, lease: i64) -> Result<i64> {
     Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
 }
 
-/// What [`establish`] returns: the lease, the revision of the write and the
-/// watch on the key (when it could be opened).
-type Established = (i64, i64, Option<OwnKeyWatch>);
+/// A registration written: what [`establish`] returns.
+struct Established {
+    /// The lease the key is under.
+    lease: i64,
+    /// The revision of the write.
+    revision: i64,
+    /// The watch on the key, created before the write (when it could be
+    /// opened; [`keep_alive`] opens it otherwise).
+    watch: Option<OwnKeyWatch>,
+}
+
+/// A registration not written: why, and the lease known to exist (to reuse
+/// or revoke).
+struct NotEstablished {
+    error: Error,
+    lease: Option<i64>,
+}
+
+impl NotEstablished {
+    fn new(error: Error, lease: Option<i64>) -> NotEstablished {
+        NotEstablished { error, lease }
+    }
+}
 
 /// Grants a lease (unless `lease` is given and still valid) and writes the key
 /// under it. Returns the lease, the revision of the write and a watch on the
@@ -279,24 +306,34 @@ async fn establish(
     service: &Service,
     ttl: TtlOption,
     lease: Option<i64>,
-) -> std::result::Result<Established, (Error, Option<i64>)> {
+) -> std::result::Result<Established, NotEstablished> {
     let watch = watch_own_key(ctx, &service.key, WatchFrom::Now, open_bound(ctx, ttl));
     let (watch, granted) = match lease {
         Some(id) => {
             let watch = watch.await;
             match put(ctx, service, id).await {
-                Ok(revision) => return Ok((id, revision, watch)),
+                Ok(revision) => {
+                    return Ok(Established {
+                        lease: id,
+                        revision,
+                        watch,
+                    })
+                }
                 Err(e) if is_lease_not_found(&e) => {}
-                Err(e) => return Err((e, Some(id))),
+                Err(e) => return Err(NotEstablished::new(e, Some(id))),
             }
             (watch, grant(ctx, ttl).await)
         }
         None => tokio::join!(watch, grant(ctx, ttl)),
     };
-    let id = granted.map_err(|e| (e, None))?;
+    let id = granted.map_err(|e| NotEstablished::new(e, None))?;
     match put(ctx, service, id).await {
-        Ok(revision) => Ok((id, revision, watch)),
-        Err(e) => Err((e, Some(id))),
+        Ok(revision) => Ok(Established {
+            lease: id,
+            revision,
+            watch,
+        }),
+        Err(e) => Err(NotEstablished::new(e, Some(id))),
     }
 }
 
@@ -387,115 +424,207 @@ async fn keep_alive(
     revision: i64,
     streams: &mut Streams,
 ) -> Loss {
-    use etcd_client::EventType;
-    let heartbeat = ttl.heartbeat();
-    let mut last_ok = tokio::time::Instant::now();
-    let Streams { keeper, watch } = streams;
-    let mut watched_rev = revision;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let open_bound = open_bound(ctx, ttl);
-    // A missing or broken key watch is reopened from the last revision seen
-    // (the put's at first), so no change is missed, at the next heartbeat.
-    let open_watch = |from: i64| watch_own_key(ctx, key, WatchFrom::After(from), open_bound);
-    if watch.is_none() {
-        *watch = open_watch(watched_rev).await;
-    }
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if watch.is_none() {
-                    *watch = open_watch(watched_rev).await;
-                }
-                if last_ok.elapsed() >= ttl.ttl() {
-                    return Loss::Silent(Error::new(ErrorKind::Unavailable,
-                        format!("no keep-alive answered for {:?} (the ttl)", ttl.ttl())));
-                }
-                match keeper {
-                    Some((_, k, _)) => {
-                        if k.keep_alive().await.is_err() {
-                            *keeper = None;
-                        }
-                    }
-                    None => {
-                        let open = ctx.open("keep-alive", open_bound, move |c| async move {
-                            c.lease_client().keep_alive(lease).await
-                        });
-                        match open.await {
-                            Ok((member, (k, stream))) => {
-                                // Opening sends and answers the first keep-alive.
-                                last_ok = tokio::time::Instant::now();
-                                *keeper = Some((member, k, stream));
-                            }
-                            Err(e) if is_lease_not_found(&e) => return Loss::Lease(e),
-                            Err(e) => log::debug!(target: LOG, "{key}: keep-alive stream failed: {e}"),
-                        }
-                    }
-                }
-            }
-            msg = next_message(keeper) => match msg {
-                Ok(Some(resp)) if resp.ttl() <= 0 => {
-                    return Loss::Lease(Error::new(ErrorKind::Etcd, "lease expired or revoked"));
-                }
-                Ok(Some(_)) => last_ok = tokio::time::Instant::now(),
-                // Broken, or its member hung: a new stream, on the member
-                // that answers, at the next heartbeat.
-                Ok(None) | Err(_) => *keeper = None,
-            },
-            msg = next_message(watch) => match msg {
-                Ok(Some(resp)) => {
-                    if resp.canceled() {
-                        *watch = None;
-                        // An expired auth token cancels watches; refresh it
-                        // before the next heartbeat reopens this one.
-                        ctx.refresh_auth(&from_cancel_reason(resp.cancel_reason())).await;
-                        if resp.compact_revision() > 0 {
-                            // History is gone; a fresh watch from now plus a
-                            // read tell us whether the key is still there.
-                            watched_rev = resp.compact_revision() - 1;
-                            let owned = key.to_owned();
-                            let get = ctx.call("get own key", move |c| {
-                                let key = owned.clone();
-                                async move { kv(&c).get(key, None).await }
-                            });
-                            if let Ok(r) = get.await {
-                                watched_rev = r.header().map(|h| h.revision()).unwrap_or(watched_rev);
-                                if r.kvs().is_empty() {
-                                    return Loss::Key(Error::new(ErrorKind::Etcd, "key deleted by someone else"));
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    if let Some(h) = resp.header() {
-                        watched_rev = watched_rev.max(h.revision());
-                    }
-                    for ev in resp.events() {
-                        if let Some(kv) = ev.kv() {
-                            // A watch opened before the write also sees the
-                            // write itself, and whatever came before it.
-                            if kv.mod_revision() <= revision {
-                                continue;
-                            }
-                            watched_rev = watched_rev.max(kv.mod_revision());
-                        }
-                        match ev.event_type() {
-                            EventType::Delete => {
-                                return Loss::Key(Error::new(ErrorKind::Etcd, "key deleted by someone else"));
-                            }
-                            EventType::Put => {
-                                if let Some(kv) = ev.kv() {
-                                    if kv.lease() != lease {
-                                        log::warn!(target: LOG, "{key}: overwritten by someone else (lease {:x}); waiting for it to go", kv.lease());
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                Ok(None) | Err(_) => *watch = None,
-            },
+    let mut phase = KeepAlive {
+        ctx,
+        key,
+        lease,
+        ttl,
+        written: revision,
+        watched: revision,
+        last_ok: tokio::time::Instant::now(),
+        open_bound: open_bound(ctx, ttl),
+    };
+    phase.run(streams).await
+}
+
+/// The keep-alive phase of one registration, step by step.
+struct KeepAlive<'a> {
+    ctx: &'a Ctx,
+    key: &'a str,
+    lease: i64,
+    ttl: TtlOption,
+    /// The revision of our write: the key watch skips it and what came
+    /// before.
+    written: i64,
+    /// The last revision the key watch delivered (to reopen it after).
+    watched: i64,
+    /// When etcd last answered a keep-alive.
+    last_ok: tokio::time::Instant,
+    open_bound: Duration,
+}
+
+impl KeepAlive<'_> {
+    async fn run(&mut self, streams: &mut Streams) -> Loss {
+        let heartbeat = self.ttl.heartbeat();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if streams.watch.is_none() {
+            streams.watch = self.open_watch().await;
         }
+        loop {
+            let loss = tokio::select! {
+                _ = tick.tick() => self.heartbeat(streams).await,
+                msg = next_message(&mut streams.keeper) => self.on_keep_alive(msg, &mut streams.keeper),
+                msg = next_message(&mut streams.watch) => self.on_key_watch(msg, &mut streams.watch).await,
+            };
+            if let Some(loss) = loss {
+                return loss;
+            }
+        }
+    }
+
+    /// A missing or broken key watch is reopened from the last revision seen
+    /// (the put's at first), so no change is missed.
+    async fn open_watch(&self) -> Option<OwnKeyWatch> {
+        watch_own_key(
+            self.ctx,
+            self.key,
+            WatchFrom::After(self.watched),
+            self.open_bound,
+        )
+        .await
+    }
+
+    /// Every heartbeat: reopen what is missing, give up after a silent ttl,
+    /// send a keep-alive (opening the stream on the member that answers).
+    async fn heartbeat(&mut self, streams: &mut Streams) -> Option<Loss> {
+        if streams.watch.is_none() {
+            streams.watch = self.open_watch().await;
+        }
+        if self.last_ok.elapsed() >= self.ttl.ttl() {
+            return Some(Loss::Silent(Error::new(
+                ErrorKind::Unavailable,
+                format!("no keep-alive answered for {:?} (the ttl)", self.ttl.ttl()),
+            )));
+        }
+        if let Some((_, keeper, _)) = &mut streams.keeper {
+            if keeper.keep_alive().await.is_err() {
+                streams.keeper = None;
+            }
+            return None;
+        }
+        let lease = self.lease;
+        let open = self
+            .ctx
+            .open("keep-alive", self.open_bound, move |c| async move {
+                c.lease_client().keep_alive(lease).await
+            });
+        match open.await {
+            Ok((member, (keeper, stream))) => {
+                // Opening sends and answers the first keep-alive.
+                self.last_ok = tokio::time::Instant::now();
+                streams.keeper = Some((member, keeper, stream));
+                None
+            }
+            Err(e) if is_lease_not_found(&e) => Some(Loss::Lease(e)),
+            Err(e) => {
+                log::debug!(target: LOG, "{}: keep-alive stream failed: {e}", self.key);
+                None
+            }
+        }
+    }
+
+    /// A keep-alive answer, or the end of the stream.
+    fn on_keep_alive(
+        &mut self,
+        msg: std::result::Result<Option<etcd_client::LeaseKeepAliveResponse>, Error>,
+        keeper: &mut Option<Keeper>,
+    ) -> Option<Loss> {
+        match msg {
+            Ok(Some(resp)) if resp.ttl() <= 0 => Some(Loss::Lease(Error::new(
+                ErrorKind::Etcd,
+                "lease expired or revoked",
+            ))),
+            Ok(Some(_)) => {
+                self.last_ok = tokio::time::Instant::now();
+                None
+            }
+            // Broken, or its member hung: a new stream, on the member that
+            // answers, at the next heartbeat.
+            Ok(None) | Err(_) => {
+                *keeper = None;
+                None
+            }
+        }
+    }
+
+    /// A message of the key watch, or its end.
+    async fn on_key_watch(
+        &mut self,
+        msg: std::result::Result<Option<etcd_client::WatchResponse>, Error>,
+        watch: &mut Option<OwnKeyWatch>,
+    ) -> Option<Loss> {
+        let resp = match msg {
+            Ok(Some(resp)) => resp,
+            Ok(None) | Err(_) => {
+                *watch = None;
+                return None;
+            }
+        };
+        if resp.canceled() {
+            *watch = None;
+            // An expired auth token cancels watches; refresh it before the
+            // next heartbeat reopens this one.
+            self.ctx
+                .refresh_auth(&from_cancel_reason(resp.cancel_reason()))
+                .await;
+            if resp.compact_revision() > 0 {
+                return self.after_compaction(resp.compact_revision()).await;
+            }
+            return None;
+        }
+        if let Some(h) = resp.header() {
+            self.watched = self.watched.max(h.revision());
+        }
+        self.check_events(&resp)
+    }
+
+    /// The key's history was compacted away: a read tells whether the key is
+    /// still there, and the watch reopens from that read's revision.
+    async fn after_compaction(&mut self, compact_revision: i64) -> Option<Loss> {
+        self.watched = compact_revision - 1;
+        let owned = self.key.to_owned();
+        let get = self.ctx.call("get own key", move |c| {
+            let key = owned.clone();
+            async move { kv(&c).get(key, None).await }
+        });
+        let read = get.await.ok()?;
+        self.watched = read.header().map(|h| h.revision()).unwrap_or(self.watched);
+        if read.kvs().is_empty() {
+            return Some(Loss::Key(Error::new(
+                ErrorKind::Etcd,
+                "key deleted by someone else",
+            )));
+        }
+        None
+    }
+
+    /// Changes to the key after our write: a delete is a loss; a put under
+    /// another lease is someone else's, which we wait out.
+    fn check_events(&mut self, resp: &etcd_client::WatchResponse) -> Option<Loss> {
+        use etcd_client::EventType;
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            // A watch opened before the write also sees the write itself, and
+            // whatever came before it.
+            if kv.mod_revision() <= self.written {
+                continue;
+            }
+            self.watched = self.watched.max(kv.mod_revision());
+            match ev.event_type() {
+                EventType::Delete => {
+                    return Some(Loss::Key(Error::new(
+                        ErrorKind::Etcd,
+                        "key deleted by someone else",
+                    )));
+                }
+                EventType::Put if kv.lease() != self.lease => {
+                    log::warn!(target: LOG, "{}: overwritten by someone else (lease {:x}); waiting for it to go", self.key, kv.lease());
+                }
+                EventType::Put => {}
+            }
+        }
+        None
     }
 }
 
