@@ -300,13 +300,8 @@ impl Service {
     /// [`MAX_KEY_AND_VALUE`] bytes, which etcd would refuse (after a round
     /// trip, or a whole `request_timeout` when gRPC cuts the stream).
     pub(crate) fn validate(&self) -> crate::Result<()> {
-        use crate::{Error, ErrorKind};
-        if self.key.is_empty() {
-            return Err(Error::new(ErrorKind::NoKey, "service key is empty"));
-        }
-        if self.value.is_empty() {
-            return Err(Error::new(ErrorKind::NoValue, "service value is empty"));
-        }
+        use crate::Error;
+        check_key_value(&self.key, &self.value)?;
         let size = self.key.len().saturating_add(self.value.len());
         if size > MAX_KEY_AND_VALUE {
             return Err(Error::invalid(format!(
@@ -317,6 +312,26 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// go-kit's `ErrNoKey` check: `NoKey` when `key` is empty.
+pub(crate) fn check_key(key: &str) -> crate::Result<()> {
+    use crate::{Error, ErrorKind};
+    if key.is_empty() {
+        return Err(Error::new(ErrorKind::NoKey, "service key is empty"));
+    }
+    Ok(())
+}
+
+/// go-kit's checks of a service, in its order: `NoKey` when `key` is empty,
+/// then `NoValue` when `value` is empty.
+pub(crate) fn check_key_value(key: &str, value: &str) -> crate::Result<()> {
+    use crate::{Error, ErrorKind};
+    check_key(key)?;
+    if value.is_empty() {
+        return Err(Error::new(ErrorKind::NoValue, "service value is empty"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
