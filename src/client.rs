@@ -9,7 +9,7 @@ use crossbeam_channel as cb;
 use parking_lot::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::options::{validate_prefix, ClientOptions, Service};
+use crate::options::{check_key, validate_prefix, ClientOptions, Service};
 // The one deliberate import circle: `Client::register` is go-kit's sugar over
 // a `Registrar` (which is made from a `Client`).
 use crate::registrar::Registrar;
@@ -260,9 +260,7 @@ impl Client {
     /// `NoKey` for an empty key, before any network traffic; `Timeout` or
     /// `Unavailable` when etcd cannot answer within `request_timeout`.
     pub fn deregister(&self, service: &Service) -> Result<()> {
-        if service.key.is_empty() {
-            return Err(Error::new(ErrorKind::NoKey, "service key is empty"));
-        }
+        check_key(&service.key)?;
         let registrar = self.inner.registered.lock().remove(&service.key);
         if let Some(r) = registrar {
             // Revoking the lease deletes the key. Without a lease (never

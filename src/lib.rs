@@ -201,6 +201,9 @@
 //!   `protobuf-compiler`) for `etcd-client`'s build script.
 //! * etcd: tested against 3.4.23 and 3.5.1.
 #![deny(missing_docs)]
+// Unsafe code is denied everywhere; src/ffi/ allows it for the C boundary
+// (raw pointers, exported symbols), and nothing else needs it.
+#![deny(unsafe_code)]
 #![warn(unsafe_op_in_unsafe_fn)]
 // Doc examples are code users copy: hold them to the same standard.
 #![doc(test(attr(deny(warnings))))]

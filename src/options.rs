@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// Default `dial_timeout` and `dial_keep_alive`.
 pub(crate) const DEFAULT_DIAL: Duration = Duration::from_secs(3);
@@ -302,13 +302,8 @@ impl Service {
     /// [`MAX_KEY_AND_VALUE`] bytes, which etcd would refuse (after a round
     /// trip, or a whole `request_timeout` when gRPC cuts the stream).
     pub(crate) fn validate(&self) -> crate::Result<()> {
-        use crate::{Error, ErrorKind};
-        if self.key.is_empty() {
-            return Err(Error::new(ErrorKind::NoKey, "service key is empty"));
-        }
-        if self.value.is_empty() {
-            return Err(Error::new(ErrorKind::NoValue, "service value is empty"));
-        }
+        use crate::Error;
+        check_key_value(&self.key, &self.value)?;
         let size = self.key.len().saturating_add(self.value.len());
         if size > MAX_KEY_AND_VALUE {
             return Err(Error::invalid(format!(
@@ -327,6 +322,24 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
         return Err(Error::invalid(
             "empty prefix (it would match every key); use \"/\" for all keys under /",
         ));
+    }
+    Ok(())
+}
+
+/// go-kit's `ErrNoKey` check: `NoKey` when `key` is empty.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::new(ErrorKind::NoKey, "service key is empty"));
+    }
+    Ok(())
+}
+
+/// go-kit's checks of a service, in its order: `NoKey` when `key` is empty,
+/// then `NoValue` when `value` is empty.
+pub(crate) fn check_key_value(key: &str, value: &str) -> Result<()> {
+    check_key(key)?;
+    if value.is_empty() {
+        return Err(Error::new(ErrorKind::NoValue, "service value is empty"));
     }
     Ok(())
 }

@@ -1,23 +1,24 @@
 //! `etcd_sd_balancer`: one instance string per call (go-kit's `lb`), and
 //! `etcd_sd_retry`.
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::callback::{etcd_sd_attempt_fn, CAttempt};
 use super::instancer::InstancerHandle;
 use super::strings::to_c_string;
 use super::{
-    etcd_sd_instancer, etcd_sd_status, fail, ffi_boundary, free_box, set_last_error,
-    to_boxed_mut_ptr, try_out, try_ref, try_status, Context, ETCD_SD_ERR_BUFFER_TOO_SMALL,
+    etcd_sd_instancer, etcd_sd_status, fail, ffi_boundary, free_box, set_boxed_mut_ptr,
+    set_last_error, try_out, try_ref, try_status, ETCD_SD_ERR_BUFFER_TOO_SMALL,
     ETCD_SD_ERR_UNAVAILABLE, ETCD_SD_OK,
 };
 use crate::lb::{self, Balancer, Endpoint};
 use crate::sd::{Endpointer, EndpointerOptions};
-use crate::{BoxError, Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// What an `etcd_sd_balancer` points at.
 pub(crate) struct BalancerHandle {
@@ -110,8 +111,7 @@ where
     let out = try_out!(out);
     let i = try_ref!(i);
     try_status!(i.check_open());
-    *out = to_boxed_mut_ptr::<etcd_sd_balancer>(BalancerHandle::new(i, make));
-    ETCD_SD_OK
+    set_boxed_mut_ptr(out, Ok(BalancerHandle::new(i, make)))
 }
 
 /// A round-robin balancer over the instances of `i` (go-kit's
@@ -211,36 +211,18 @@ pub extern "C" fn etcd_sd_balancer_free(b: *mut etcd_sd_balancer) {
     ffi_boundary! { free_box(b) }
 }
 
-/// One attempt of `etcd_sd_retry`: called with an instance (valid during the
-/// call) and the `context`; returns 0 on success, anything else on failure.
-pub type etcd_sd_attempt_fn =
-    Option<unsafe extern "C" fn(instance: *const c_char, context: *mut c_void) -> c_int>;
-
 /// The balancer of instance strings seen as a balancer of endpoints that call
 /// the C attempt function.
 struct Attempts<'a> {
     balancer: &'a BalancerHandle,
-    attempt: unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int,
-    context: Context,
+    attempt: CAttempt,
 }
 
 impl Balancer<Endpoint<(), ()>> for Attempts<'_> {
     fn endpoint(&self) -> Result<Endpoint<(), ()>> {
         let instance = self.balancer.pick()?;
-        let (attempt, context) = (self.attempt, self.context);
-        Ok(Arc::new(move |()| {
-            let c = to_c_string(&instance);
-            // SAFETY: C gave us this function for this context; `c` outlives
-            // the call. Attempts run on the thread that called etcd_sd_retry.
-            let code = unsafe { attempt(c.as_ptr(), context.get()) };
-            if code == 0 {
-                Ok(())
-            } else {
-                Err(BoxError::from(format!(
-                    "attempt on {instance} failed with code {code}"
-                )))
-            }
-        }))
+        let attempt = self.attempt;
+        Ok(Arc::new(move |()| attempt.call(&instance)))
     }
 }
 
@@ -276,8 +258,7 @@ pub extern "C" fn etcd_sd_retry(
         };
         let attempts = Attempts {
             balancer: b,
-            attempt,
-            context: Context(context),
+            attempt: CAttempt::new(attempt, context),
         };
         let retry = lb::retry(max, Duration::from_millis(timeout_ms), attempts);
         match retry.call(()) {

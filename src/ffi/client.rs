@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::strings::{opt_str_from_c, str_from_c, StringList};
 use super::{
-    etcd_sd_status, etcd_sd_strings, fail, ffi_boundary, free_box, invalid_arg, to_boxed_mut_ptr,
-    try_out, try_ref, try_str, ETCD_SD_OK,
+    etcd_sd_status, etcd_sd_strings, ffi_boundary, free_box, invalid_arg, set_boxed_mut_ptr,
+    try_out, try_ref, try_str,
 };
 use crate::{Client, ClientOptions};
 
@@ -141,13 +141,7 @@ pub extern "C" fn etcd_sd_client_new(
                 Err((field, why)) => return invalid_arg(&format!("o->{field}"), why),
             },
         };
-        match Client::connect(&list, options) {
-            Ok(client) => {
-                *out = to_boxed_mut_ptr::<etcd_sd_client>(client);
-                ETCD_SD_OK
-            }
-            Err(e) => fail(&e),
-        }
+        set_boxed_mut_ptr(out, Client::connect(&list, options))
     }
 }
 
@@ -177,12 +171,6 @@ pub extern "C" fn etcd_sd_client_get_entries(
         let out = try_out!(out);
         let client = try_ref!(c);
         let prefix = try_str!(prefix);
-        match client.get_entries(prefix) {
-            Ok(values) => {
-                *out = to_boxed_mut_ptr::<etcd_sd_strings>(StringList::new(values));
-                ETCD_SD_OK
-            }
-            Err(e) => fail(&e),
-        }
+        set_boxed_mut_ptr(out, client.get_entries(prefix).map(StringList::new))
     }
 }

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::callback::{etcd_sd_drop_fn, etcd_sd_event_fn, CCallback, DropGuard};
 use super::event::EventHandle;
 use super::{
-    as_const_ptr, etcd_sd_client, etcd_sd_event, etcd_sd_status, fail, ffi_boundary, free_box,
-    set_last_error, to_boxed_mut_ptr, try_out, try_ref, try_status, try_str, Context,
-    ETCD_SD_ERR_CLOSED, ETCD_SD_ERR_TIMEOUT, ETCD_SD_NODATA, ETCD_SD_OK,
+    etcd_sd_client, etcd_sd_event, etcd_sd_status, fail, ffi_boundary, free_box, set_boxed_mut_ptr,
+    set_last_error, try_out, try_ref, try_status, try_str, ETCD_SD_ERR_CLOSED, ETCD_SD_ERR_TIMEOUT,
+    ETCD_SD_NODATA, ETCD_SD_OK,
 };
 use parking_lot::Mutex;
 
@@ -29,11 +30,17 @@ pub(crate) struct InstancerHandle {
     /// Set by stop (and free); shared with the balancers made from it, so
     /// that they report `ETCD_SD_ERR_CLOSED` as soon as stop returns.
     pub(crate) stopped: Arc<AtomicBool>,
-    /// The callbacks added from C, by the number C was given: the Rust API
-    /// hands ids out as numbers (`CallbackId::as_u64`) but has no way back.
-    /// Shared so that `etcd_sd_instancer_on_update` can record the id
-    /// without touching the handle after the callback may have run (and freed
-    /// it).
+    /// The callbacks added from C, by the number C was given. Needed, not
+    /// just a way back from number to `CallbackId`: the topic numbers every
+    /// subscriber from one counter, so the channel of an
+    /// `etcd_sd_subscription` and the callback feeding a balancer's
+    /// endpointer have ids too. Going through this map,
+    /// `etcd_sd_instancer_remove_callback` removes only callbacks that
+    /// `etcd_sd_instancer_on_update` added to this instancer and ignores any
+    /// other number, as documented, instead of cutting off a subscription or
+    /// a balancer that happens to share it. Shared so that
+    /// `etcd_sd_instancer_on_update` can record the id without touching the
+    /// handle after the callback may have run (and freed it).
     ids: Arc<Mutex<HashMap<u64, CallbackId>>>,
 }
 
@@ -106,51 +113,6 @@ pub struct etcd_sd_subscription {
     _private: [u8; 0],
 }
 
-/// A callback for discovery updates: called with an event lent for the
-/// duration of the call, and the `context` given to
-/// `etcd_sd_instancer_on_update`.
-pub type etcd_sd_event_fn =
-    Option<unsafe extern "C" fn(ev: *const etcd_sd_event, context: *mut c_void)>;
-
-/// Releases a callback's `context`; called exactly once.
-pub type etcd_sd_drop_fn = Option<unsafe extern "C" fn(context: *mut c_void)>;
-
-/// Calls `drop(context)` when dropped: the C half of a callback's lifetime.
-struct DropGuard {
-    drop: etcd_sd_drop_fn,
-    context: Context,
-}
-
-impl Drop for DropGuard {
-    fn drop(&mut self) {
-        if let Some(drop) = self.drop {
-            // SAFETY: C gave us this function for this context, to be called
-            // once: this is the only place that calls it, and `Drop` runs once.
-            unsafe { drop(self.context.get()) }
-        }
-    }
-}
-
-/// A C callback as a Rust closure: `call` per event, `drop` when the closure
-/// is dropped (the core drops it exactly once, after its last call).
-struct CCallback {
-    call: unsafe extern "C" fn(*const etcd_sd_event, *mut c_void),
-    guard: DropGuard,
-}
-
-impl CCallback {
-    fn call(&self, event: &Event) {
-        let lent = EventHandle::lent(event.clone());
-        // SAFETY: C gave us `call` for this context; the event outlives the call.
-        unsafe {
-            (self.call)(
-                as_const_ptr::<etcd_sd_event>(&lent),
-                self.guard.context.get(),
-            )
-        }
-    }
-}
-
 /// Reads the instances under `prefix` and starts watching it. End the prefix
 /// with `/`: it is used as given, so `/services/foo` also matches
 /// `/services/foo2/...`.
@@ -173,13 +135,7 @@ pub extern "C" fn etcd_sd_instancer_new(
         let out = try_out!(out);
         let client = try_ref!(c);
         let prefix = try_str!(prefix);
-        match Instancer::new(client, prefix) {
-            Ok(i) => {
-                *out = to_boxed_mut_ptr::<etcd_sd_instancer>(InstancerHandle::new(i));
-                ETCD_SD_OK
-            }
-            Err(e) => fail(&e),
-        }
+        set_boxed_mut_ptr(out, Instancer::new(client, prefix).map(InstancerHandle::new))
     }
 }
 
@@ -239,10 +195,7 @@ pub extern "C" fn etcd_sd_instancer_on_update(
     out_id: *mut u64,
 ) -> etcd_sd_status {
     // Made first, so that every early return (and a panic) releases `context`.
-    let guard = DropGuard {
-        drop,
-        context: Context(context),
-    };
+    let guard = DropGuard::new(drop, context);
     ffi_boundary! {
         let out_id = try_out!(out_id, 0);
         let i = try_ref!(i);
@@ -250,7 +203,7 @@ pub extern "C" fn etcd_sd_instancer_on_update(
             return super::invalid_null("call");
         };
         try_status!(i.check_open());
-        let callback = CCallback { call, guard };
+        let callback = CCallback::new(call, guard);
         // The callback may run on the dispatcher before `on_update` returns
         // and free the handle as its last use of it: from here on only these
         // clones are touched, never `i`.
@@ -305,8 +258,7 @@ pub extern "C" fn etcd_sd_instancer_subscribe(
         let out = try_out!(out);
         let i = try_ref!(i);
         try_status!(i.check_open());
-        *out = to_boxed_mut_ptr::<etcd_sd_subscription>(i.inner.subscribe());
-        ETCD_SD_OK
+        set_boxed_mut_ptr(out, Ok(i.inner.subscribe()))
     }
 }
 
@@ -342,10 +294,7 @@ pub extern "C" fn etcd_sd_subscription_recv(
             None => s.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match received {
-            Ok(event) => {
-                *out = to_boxed_mut_ptr::<etcd_sd_event>(EventHandle::owned(event));
-                ETCD_SD_OK
-            }
+            Ok(event) => set_boxed_mut_ptr(out, Ok(EventHandle::owned(event))),
             Err(RecvTimeoutError::Timeout) => {
                 set_last_error(format_args!("timed out: no event within {timeout_ms} ms"));
                 ETCD_SD_ERR_TIMEOUT
@@ -371,10 +320,7 @@ pub extern "C" fn etcd_sd_subscription_try_recv(
         let out = try_out!(out);
         let s = try_ref!(s);
         match s.try_recv() {
-            Ok(event) => {
-                *out = to_boxed_mut_ptr::<etcd_sd_event>(EventHandle::owned(event));
-                ETCD_SD_OK
-            }
+            Ok(event) => set_boxed_mut_ptr(out, Ok(EventHandle::owned(event))),
             Err(TryRecvError::Empty) => {
                 set_last_error("no event waiting");
                 ETCD_SD_NODATA

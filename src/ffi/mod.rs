@@ -16,6 +16,11 @@
 //!   failure.
 //! * **Every non-OK status sets this thread's last error text**
 //!   ([`set_last_error`]), read back with `etcd_sd_last_error`.
+//! * **New handles are handed out in one place**: [`set_boxed_mut_ptr`]
+//!   stores a constructor's value in its out-pointer, or reports its error.
+//! * **C callbacks are called from one module**, [`callback`], whose
+//!   documentation states what C is promised about `call`, `drop` and
+//!   `context`.
 //! * **One place knows how each handle is owned**: the [`Castable`] impls
 //!   below. Every handle is a `Box` of its Rust value; the Rust values that
 //!   share state (the client's runtime, an instancer's topic) hold their own
@@ -26,6 +31,8 @@
 //! instantiated: a `*mut etcd_sd_client` really points at the `Box`ed Rust
 //! value named by its `Castable::RustType`.
 
+// The crate denies `unsafe_code`; the C boundary needs it (raw pointers, #[no_mangle]).
+#![allow(unsafe_code)]
 // The C names are the contract (`etcd_sd_client`, not `EtcdSdClient`).
 #![allow(non_camel_case_types)]
 // The exports are safe `extern "C" fn`s that take raw pointers from C: the C
@@ -35,7 +42,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::ffi::{c_char, c_void};
+use std::ffi::c_char;
 use std::fmt::Display;
 
 // In the order the header declares them (one group each, so that rustfmt
@@ -51,6 +58,10 @@ mod strings;
 
 // etcd_sd_registrar.
 mod registrar;
+
+// The C closures (etcd_sd_event_fn, etcd_sd_drop_fn, etcd_sd_attempt_fn) and
+// every call back into C.
+mod callback;
 
 // etcd_sd_instancer, callbacks, etcd_sd_subscription.
 mod instancer;
@@ -137,6 +148,27 @@ where
     C: Castable<Ownership = OwnershipBox>,
 {
     Box::into_raw(Box::new(value)).cast::<C>()
+}
+
+/// Hands a constructor's outcome to C, the tail of every export that makes a
+/// handle: on `Ok`, moves the value to the heap, stores its pointer in `*out`
+/// and returns `ETCD_SD_OK`; on `Err`, leaves `*out` as [`try_out!`] cleared
+/// it (NULL) and returns the error's status, its text recorded as the last
+/// error ([`fail`]).
+pub(crate) fn set_boxed_mut_ptr<C>(
+    out: &mut *mut C,
+    result: crate::Result<C::RustType>,
+) -> etcd_sd_status
+where
+    C: Castable<Ownership = OwnershipBox>,
+{
+    match result {
+        Ok(value) => {
+            *out = to_boxed_mut_ptr(value);
+            ETCD_SD_OK
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 /// Takes back and drops a value made by [`to_boxed_mut_ptr`]; NULL is fine.
@@ -373,25 +405,6 @@ pub(crate) fn status_of(r: crate::Result<()>) -> etcd_sd_status {
         Err(e) => fail(&e),
     }
 }
-
-/// A C `void *context` that may cross threads: by handing it over, the C
-/// caller accepted that it is used from the threads the docs name.
-#[derive(Clone, Copy)]
-pub(crate) struct Context(pub(crate) *mut c_void);
-
-impl Context {
-    /// The pointer. (A method, so that closures capture the whole `Context`,
-    /// which is `Send`, rather than its field, which is not.)
-    pub(crate) fn get(self) -> *mut c_void {
-        self.0
-    }
-}
-
-// SAFETY: contexts are opaque to us and never dereferenced; the docs of the
-// functions that accept one say on which threads it is passed back to C.
-unsafe impl Send for Context {}
-// SAFETY: as above.
-unsafe impl Sync for Context {}
 
 // ---------------------------------------------------------------------------
 // Version.

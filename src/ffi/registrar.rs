@@ -4,10 +4,11 @@ use std::ffi::c_char;
 use std::time::Duration;
 
 use super::{
-    etcd_sd_client, etcd_sd_status, fail, ffi_boundary, free_box, status_of, to_boxed_mut_ptr,
-    try_out, try_ref, try_str, ETCD_SD_OK,
+    etcd_sd_client, etcd_sd_status, ffi_boundary, free_box, set_boxed_mut_ptr, status_of, try_out,
+    try_ref, try_str,
 };
-use crate::{Error, ErrorKind, Registrar, Service, TtlOption};
+use crate::options::check_key_value;
+use crate::{Registrar, Service, TtlOption};
 
 /// Keeps one service registered under its own lease (go-kit's `Registrar`).
 ///
@@ -25,12 +26,7 @@ pub(crate) fn service_from_c(
     heartbeat_ms: u64,
     ttl_ms: u64,
 ) -> crate::Result<Service> {
-    if key.is_empty() {
-        return Err(Error::new(ErrorKind::NoKey, "service key is empty"));
-    }
-    if value.is_empty() {
-        return Err(Error::new(ErrorKind::NoValue, "service value is empty"));
-    }
+    check_key_value(key, value)?;
     let service = Service::new(key, value);
     Ok(if heartbeat_ms == 0 && ttl_ms == 0 {
         service
@@ -69,13 +65,8 @@ pub extern "C" fn etcd_sd_registrar_new(
         let client = try_ref!(c);
         let key = try_str!(key);
         let value = try_str!(value);
-        match service_from_c(key, value, heartbeat_ms, ttl_ms) {
-            Ok(service) => {
-                *out = to_boxed_mut_ptr::<etcd_sd_registrar>(Registrar::new(client, service));
-                ETCD_SD_OK
-            }
-            Err(e) => fail(&e),
-        }
+        let service = service_from_c(key, value, heartbeat_ms, ttl_ms);
+        set_boxed_mut_ptr(out, service.map(|s| Registrar::new(client, s)))
     }
 }
 
