@@ -26,6 +26,7 @@ test: deps lint doc test-rust test-etcd35 test-c
 	@echo "make test: all passed"
 
 lint:
+	scripts/check-layout.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --features cli -- -D warnings
 

@@ -46,7 +46,7 @@
 //! answer on a channel, with a deadline; nothing calls `block_on` on your
 //! thread, so the API may be used from inside a tokio runtime of yours (it
 //! then blocks that runtime's thread while it waits). No tokio, tonic or
-//! `etcd_client` type appears in the API.
+//! etcd-client type appears in the API.
 //!
 //! **Registrations and watches are tasks, not threads.** A [`Registrar`] is a
 //! small state machine on the runtime thread: grant a lease, put the key,
