@@ -8,28 +8,19 @@
 //! under a 30 s watchdog), never a lost registration. All rows of a table
 //! run, and the failures are reported together.
 
-mod common;
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::lb::{self, Balancer, Endpoint};
 use etcd_sd::sd::{Closer, Endpointer, EndpointerOptions};
 use etcd_sd::{
     BoxError, CallbackId, Client, ClientOptions, ErrorKind, Event, Instancer, Instances, Registrar,
     RegistrationState as S, Result, Service, TtlOption,
 };
-use support::{unique_prefix, EtcdServer};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{ms, secs, unique_prefix, EtcdServer};
 
 const WATCHDOG: Duration = Duration::from_secs(30);
 const MIB: usize = 1 << 20;

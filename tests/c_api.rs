@@ -125,26 +125,7 @@ fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(output) => output.expect("wait for child"),
-        Err(_) => {
-            // Kill only the child we started, by its id.
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            let output = rx.recv_timeout(Duration::from_secs(10));
-            panic!(
-                "{cmd:?} did not finish within {timeout:?}; output so far: {:?}",
-                output
-                    .ok()
-                    .and_then(|o| o.ok())
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            );
-        }
-    }
+    wait_child(child, timeout, &format!("{cmd:?}"))
 }
 
 /// Runs a test program against `etcd` and checks that it passed.
@@ -309,7 +290,7 @@ fn examples_build_and_run() {
         "{reg_out}"
     );
     for (name, child) in [("watcher_callback", watch_cb), ("watcher_poll", watch_poll)] {
-        let text = succeeded(name, &wait_child(child, Duration::from_secs(60)));
+        let text = succeeded(name, &wait_child(child, Duration::from_secs(60), name));
         assert!(text.contains("0 instance(s)"), "{name}: {text}");
         assert!(
             text.contains("1 instance(s) http://10.0.0.1:8080"),
@@ -348,18 +329,28 @@ fn succeeded(name: &str, out: &Output) -> String {
     stdout
 }
 
-/// Waits for a child started by this test, killing it after `timeout`.
-fn wait_child(child: std::process::Child, timeout: Duration) -> Output {
+/// Waits for a child started by this test and collects its output. After
+/// `timeout` it kills the child (only it, by its id) and panics, naming it
+/// `what`, with the stdout it wrote if that comes within 10 s of the kill.
+fn wait_child(child: std::process::Child, timeout: Duration, what: &str) -> Output {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(timeout) {
-        Ok(out) => out.expect("wait for example"),
+        Ok(output) => output.unwrap_or_else(|e| panic!("wait for {what}: {e:?}")),
         Err(_) => {
+            // Kill only the child we started, by its id.
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("example {pid} did not finish within {timeout:?}");
+            let output = rx.recv_timeout(Duration::from_secs(10));
+            panic!(
+                "{what} (pid {pid}) did not finish within {timeout:?}; output so far: {:?}",
+                output
+                    .ok()
+                    .and_then(|o| o.ok())
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            );
         }
     }
 }
@@ -417,7 +408,7 @@ fn run_scenario(mode: &str, etcd: &mut EtcdServer, env: &[(&str, &str)]) {
         }
         transcript.push(line);
     }
-    let out = wait_child(child, Duration::from_secs(60));
+    let out = wait_child(child, Duration::from_secs(60), &format!("scenario {mode}"));
     let text = transcript.join("\n");
     eprintln!("scenario {mode}:\n{text}");
     assert!(

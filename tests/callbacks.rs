@@ -6,7 +6,6 @@
 //!
 //! Every wait is bounded; timing assertions have seconds of margin.
 
-mod common;
 mod support;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -14,18 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::channel::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use etcd_sd::{CallbackId, Client, Event, Instancer};
-use support::{unique_prefix, wait_until, EtcdServer};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{ms, secs, unique_prefix, wait_until, EtcdServer};
 
 /// The request timeout of the clients whose removals are timed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);

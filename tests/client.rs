@@ -1,23 +1,14 @@
 //! Client: connect errors, the go-kit seed methods, TtlOption rules, lease
 //! TTLs in etcd, and use from inside a tokio runtime.
 
-mod common;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::channel::RecvTimeoutError;
 use etcd_sd::{Client, ClientOptions, Error, ErrorKind, Registrar, Service, TtlOption};
-use support::{unique_prefix, wait_until, EtcdServer};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{ms, secs, unique_prefix, wait_until, EtcdServer};
 
 #[test]
 fn public_types_are_send_sync() {

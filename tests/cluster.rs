@@ -3,18 +3,17 @@
 //! back (the leader, the member the client is connected to, a rolling restart
 //! of all), and recovers from a lost quorum.
 
-mod common;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::channel::Receiver;
 use etcd_sd::{
     Client, ClientOptions, ErrorKind, Instancer, Registrar, RegistrationEvent,
     RegistrationState as S, Service, TtlOption,
 };
-use support::{established_remote_ports, unique_prefix, wait_until, EtcdCluster, EtcdServer};
+use support::api::*;
+use support::{established_remote_ports, secs, unique_prefix, wait_until, EtcdCluster, EtcdServer};
 
 /// The crate's log records (debug and up), kept to explain a failure.
 static RECORDS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -57,10 +56,6 @@ fn logs_about(needle: &str) -> String {
         .cloned()
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
 }
 
 fn fault_options() -> ClientOptions {

@@ -4,18 +4,13 @@
 //!
 //! Thread count and RSS are per process, so this binary holds a single test.
 
-mod common;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::*;
 use etcd_sd::{Client, ClientOptions, Instancer, Registrar, RegistrationState as S, Service};
-use support::{rss_kib, thread_count, thread_names, unique_prefix, wait_until, EtcdServer};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{rss_kib, secs, thread_count, thread_names, unique_prefix, wait_until, EtcdServer};
 
 const REGISTRARS: usize = 200;
 const OUTAGES: usize = 4;

@@ -9,27 +9,18 @@
 //! Every client here uses `dial_keep_alive` = 1 s, so a dead link must be
 //! noticed within a few seconds.
 
-mod common;
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::{
     Client, ClientOptions, ErrorKind, Event, Instancer, Registrar, RegistrationEvent,
     RegistrationState as S, Service, TtlOption,
 };
-use support::{unique_prefix, wait_until, EtcdServer, FaultProxy};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{ms, secs, unique_prefix, wait_until, EtcdServer, FaultProxy};
 
 /// Keep-alive pings every second, short dial and request timeouts.
 fn fault_options() -> ClientOptions {

@@ -18,25 +18,16 @@
 //!   not UTF-8 are converted lossily but never merge keys.
 //! * An empty value under the prefix is an instance `""`, as in go-kit.
 
-mod common;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::channel::RecvTimeoutError;
 use etcd_sd::{
     Instancer, Registrar, RegistrationEvent, RegistrationState as S, Service, TtlOption,
 };
-use support::{unique_prefix, wait_until, EtcdServer, FaultProxy, RawEtcd};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{ms, secs, unique_prefix, wait_until, EtcdServer, FaultProxy, RawEtcd};
 
 // ---------------------------------------------------------------------------
 // Item 3: a new history whose revision is higher.

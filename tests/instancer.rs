@@ -1,7 +1,6 @@
 //! Instancer: snapshots, subscriptions of every kind, churn, compaction,
 //! callbacks that call back into the instancer, stop.
 
-mod common;
 mod support;
 
 use std::collections::HashSet;
@@ -9,18 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::channel::{self, RecvTimeoutError};
 use etcd_sd::{CallbackId, ErrorKind, Event, Instancer, Instances, Registrar, Service};
-use support::{unique_prefix, wait_until, EtcdServer, FaultProxy};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{ms, secs, unique_prefix, wait_until, EtcdServer, FaultProxy};
 
 /// Waits until the instancer's `current()` is error-free and equals etcd's
 /// state under `prefix`; panics with both on timeout.

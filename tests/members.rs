@@ -22,30 +22,21 @@
 //! Every call counts; the tests print how many failed out of how many and
 //! the measured delays, then assert none failed.
 
-mod common;
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::channel::{Receiver, TryRecvError};
 use etcd_sd::{
     Client, ClientOptions, Event, Instancer, Registrar, RegistrationEvent, RegistrationState as S,
     Result, Service, TtlOption,
 };
+use support::api::*;
 use support::{
-    closed_endpoint, established_remote_ports, unique_prefix, wait_until, EtcdCluster, EtcdServer,
-    FaultProxy, SilentPort,
+    closed_endpoint, established_remote_ports, ms, secs, unique_prefix, wait_until, EtcdCluster,
+    EtcdServer, FaultProxy, SilentPort,
 };
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 /// Default options but for shorter dial and request timeouts, to keep a
 /// failing run bounded.

@@ -1,18 +1,13 @@
 //! etcd going away: registrations and instancers across an outage longer
 //! than the ttl, deregistering while etcd is down, a frozen etcd.
 
-mod common;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::{ErrorKind, Instancer, Registrar, RegistrationState as S, Service};
-use support::{unique_prefix, wait_until, EtcdServer, FaultProxy};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{secs, unique_prefix, wait_until, EtcdServer, FaultProxy};
 
 const RECOVERY: Duration = Duration::from_secs(15);
 

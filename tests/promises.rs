@@ -2,20 +2,15 @@
 //! "Not etcd", a server that is not etcd): replacing a key, bounded drops,
 //! sizes, and an endpoint that does not speak etcd's gRPC.
 
-mod common;
 mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::{Client, ClientOptions, ErrorKind, Registrar, RegistrationState, Service, TtlOption};
-use support::{unique_prefix, wait_until, EtcdConfig, EtcdServer};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{secs, unique_prefix, wait_until, EtcdConfig, EtcdServer};
 
 /// A plain HTTP/1 server on loopback that answers `400 Bad Request` to
 /// every connection, whatever it is sent, and closes it as web servers do

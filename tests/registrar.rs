@@ -1,19 +1,14 @@
 //! Registrar: registration, deregistration, state and events, and recovery
 //! from a revoked lease or a deleted key.
 
-mod common;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::channel::RecvTimeoutError;
 use etcd_sd::{Instancer, Registrar, RegistrationState as S, Service};
-use support::{unique_prefix, wait_until, EtcdServer};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{secs, unique_prefix, wait_until, EtcdServer};
 
 /// Bound for the registrar to put a lost key back (API: 2 s plus backoff).
 const RECOVERY: Duration = Duration::from_secs(15);

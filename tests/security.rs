@@ -9,23 +9,18 @@
 //! own client certificate. A capturing `log` logger at Trace level checks
 //! every record against the secrets the tests register.
 
-mod common;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::{
     Client, ClientOptions, Error, ErrorKind, Instancer, Registrar, RegistrationState as S, Service,
     TtlOption,
 };
-use support::{unique_prefix, wait_until, EtcdConfig, EtcdServer, FaultProxy, ServerTls};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{secs, unique_prefix, wait_until, EtcdConfig, EtcdServer, FaultProxy, ServerTls};
 
 // ---------------------------------------------------------------------------
 // A capturing logger that looks for secrets in every record.

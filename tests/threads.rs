@@ -4,18 +4,11 @@
 //! Thread counts are per process, so this binary holds a single test that
 //! runs its phases one after the other.
 
-mod common;
 mod support;
 
-use std::time::Duration;
-
-use common::*;
 use etcd_sd::{Event, Instancer, Registrar, Service};
-use support::{thread_count, thread_names, unique_prefix, wait_until, EtcdServer};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::api::*;
+use support::{secs, thread_count, thread_names, unique_prefix, wait_until, EtcdServer};
 
 /// Slack for threads that a runtime may start lazily (e.g. one blocking-pool
 /// thread for name resolution).
