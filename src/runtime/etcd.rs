@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::error::{closed_during_handshake, from_etcd, Error, ErrorKind, Result};
 use crate::options::ClientOptions;
-use crate::runtime::members::{InUse, Members};
+use crate::runtime::members::{Conn, InUse, Members, Request};
 use crate::runtime::watch::Anchor;
 
 /// What tasks on the runtime thread share: the members and the timeouts.
@@ -24,12 +24,12 @@ pub(crate) struct Ctx {
 const MAX_MESSAGE: usize = i32::MAX as usize;
 
 /// A KV client on `c` that accepts messages up to [`MAX_MESSAGE`].
-pub(crate) fn kv(c: &etcd_client::Client) -> etcd_client::KvClient {
+pub(crate) fn kv(c: &Conn) -> etcd_client::KvClient {
     c.kv_client().max_decoding_message_size(MAX_MESSAGE)
 }
 
 /// A watch client on `c` that accepts messages up to [`MAX_MESSAGE`].
-pub(crate) fn watch(c: &etcd_client::Client) -> etcd_client::WatchClient {
+pub(crate) fn watch(c: &Conn) -> etcd_client::WatchClient {
     c.watch_client().max_decoding_message_size(MAX_MESSAGE)
 }
 
@@ -56,14 +56,11 @@ impl Ctx {
     /// Runs one etcd request on the members, moving to another member when
     /// one fails or hangs, all within `request_timeout` (see
     /// [`Members::call`] for which requests may go through here).
-    pub(crate) async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: Fn(etcd_client::Client) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>
-            + Send
-            + 'static,
-    {
+    pub(crate) async fn call<T: Send + 'static>(
+        &self,
+        what: &str,
+        op: impl Request<T>,
+    ) -> Result<T> {
         self.call_within(what, self.request_timeout, op)
             .await
             .map(|(_, v)| v)
@@ -71,19 +68,12 @@ impl Ctx {
 
     /// As [`call`](Ctx::call), within `bound`, also saying which member
     /// answered.
-    pub(crate) async fn call_within<T, F, Fut>(
+    pub(crate) async fn call_within<T: Send + 'static>(
         &self,
         what: &str,
         bound: Duration,
-        op: F,
-    ) -> Result<(usize, T)>
-    where
-        T: Send + 'static,
-        F: Fn(etcd_client::Client) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>
-            + Send
-            + 'static,
-    {
+        op: impl Request<T>,
+    ) -> Result<(usize, T)> {
         self.members
             .call(what, bound, op)
             .await
@@ -92,19 +82,12 @@ impl Ctx {
 
     /// Opens a stream with `op` on the first member that answers within
     /// `bound`, and holds that member for it (see [`InUse`]).
-    pub(crate) async fn open<T, F, Fut>(
+    pub(crate) async fn open<T: Send + 'static>(
         &self,
         what: &str,
         bound: Duration,
-        op: F,
-    ) -> Result<(InUse, T)>
-    where
-        T: Send + 'static,
-        F: Fn(etcd_client::Client) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>
-            + Send
-            + 'static,
-    {
+        op: impl Request<T>,
+    ) -> Result<(InUse, T)> {
         let (i, v) = self.call_within(what, bound, op).await?;
         Ok((self.members.in_use(i), v))
     }
@@ -118,7 +101,7 @@ pub(crate) async fn connect_and_check(
     tls: bool,
 ) -> Result<()> {
     let status = members
-        .call("status", dial_timeout, |c| async move {
+        .call("status", dial_timeout, |c: Conn| async move {
             c.maintenance_client().status().await
         })
         .await;
@@ -184,7 +167,7 @@ pub(crate) async fn read_prefix(ctx: &Ctx, prefix: &str) -> Result<PrefixRead> {
         }
         let key = start.clone();
         let mut resp = ctx
-            .call("read prefix", move |c| {
+            .call("read prefix", move |c: Conn| {
                 let (key, opts) = (key.clone(), opts.clone());
                 async move { kv(&c).get(key, Some(opts)).await }
             })

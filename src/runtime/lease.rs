@@ -25,7 +25,7 @@ use crate::error::{
 use crate::options::{Service, TtlOption};
 use crate::registration::{Control, RegistrationState, Shared};
 use crate::runtime::etcd::{kv, watch, Ctx};
-use crate::runtime::members::InUse;
+use crate::runtime::members::{Conn, InUse};
 
 const LOG: &str = "etcd_sd::registrar";
 
@@ -199,7 +199,7 @@ impl Task {
 
 /// Revokes a lease; one that is gone already is fine.
 async fn revoke(ctx: &Ctx, id: i64) -> Result<()> {
-    ctx.call("revoke lease", move |c| async move {
+    ctx.call("revoke lease", move |c: Conn| async move {
         c.lease_client().revoke(id).await
     })
     .await
@@ -221,7 +221,7 @@ async fn grant(ctx: &Ctx, ttl: TtlOption) -> Result<i64> {
     let id = new_lease_id();
     let seconds = ttl.lease_seconds();
     match ctx
-        .call("grant lease", move |c| async move {
+        .call("grant lease", move |c: Conn| async move {
             let options = etcd_client::LeaseGrantOptions::new().with_id(id);
             c.lease_client().grant(seconds, Some(options)).await
         })
@@ -251,7 +251,7 @@ fn new_lease_id() -> i64 {
 async fn put(ctx: &Ctx, service: &Service, lease: i64) -> Result<i64> {
     let (key, value) = (service.key.clone(), service.value.clone());
     let resp = ctx
-        .call("put", move |c| {
+        .call("put", move |c: Conn| {
             let (key, value) = (key.clone(), value.clone());
             async move {
                 kv(&c)
@@ -373,7 +373,7 @@ async fn watch_own_key(
     bound: Duration,
 ) -> Option<OwnKeyWatch> {
     let owned = key.to_owned();
-    let open = ctx.open("watch own key", bound, move |c| {
+    let open = ctx.open("watch own key", bound, move |c: Conn| {
         let key = owned.clone();
         async move {
             let mut client = watch(&c);
@@ -506,7 +506,7 @@ impl KeepAlive<'_> {
         let lease = self.lease;
         let open = self
             .ctx
-            .open("keep-alive", self.open_bound, move |c| async move {
+            .open("keep-alive", self.open_bound, move |c: Conn| async move {
                 c.lease_client().keep_alive(lease).await
             });
         match open.await {
@@ -584,7 +584,7 @@ impl KeepAlive<'_> {
     async fn after_compaction(&mut self, compact_revision: i64) -> Option<Loss> {
         self.watched = compact_revision - 1;
         let owned = self.key.to_owned();
-        let get = self.ctx.call("get own key", move |c| {
+        let get = self.ctx.call("get own key", move |c: Conn| {
             let key = owned.clone();
             async move { kv(&c).get(key, None).await }
         });

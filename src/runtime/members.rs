@@ -164,17 +164,12 @@ impl Members {
     /// Only for requests that may safely reach etcd twice: reads, puts of
     /// the same value, revokes, grants with an id of our choosing, and the
     /// opening of streams (the losers are dropped, which cancels them).
-    pub(crate) async fn call<T, F, Fut>(
+    pub(crate) async fn call<T: Send + 'static>(
         self: &Arc<Self>,
         what: &str,
         bound: Duration,
-        op: F,
-    ) -> Result<(usize, T)>
-    where
-        T: Send + 'static,
-        F: Fn(etcd_client::Client) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
-    {
+        op: impl Request<T>,
+    ) -> Result<(usize, T)> {
         let deadline = tokio::time::Instant::now() + bound;
         let order = self.order();
         let hedge = hedge_delay(bound);
@@ -195,7 +190,7 @@ impl Members {
                 let op = op.clone();
                 attempts.spawn(async move {
                     let r = match members.client(i).await {
-                        Ok(c) => op(c).await.map_err(from_etcd),
+                        Ok(c) => op.send(c).await.map_err(from_etcd),
                         Err(e) => Err(from_etcd(e)),
                     };
                     (i, r)
@@ -333,6 +328,32 @@ impl Members {
                 format!("no answer to a status probe within {PROBE_TIMEOUT:?}"),
             )),
         }
+    }
+}
+
+/// A connection to one member.
+pub(crate) type Conn = etcd_client::Client;
+
+/// One request, as [`Members::call`] runs it on one member after another:
+/// given a member's connection, the future of its answer. Any closure
+/// `Fn(Conn) -> impl Future<Output = Result<T, etcd_client::Error>>` is one.
+pub(crate) trait Request<T>: Send + Sync + 'static {
+    /// The answer's future.
+    type Answer: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static;
+
+    /// Sends the request to the member behind `conn`.
+    fn send(&self, conn: Conn) -> Self::Answer;
+}
+
+impl<T, F, Fut> Request<T> for F
+where
+    F: Fn(Conn) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
+{
+    type Answer = Fut;
+
+    fn send(&self, conn: Conn) -> Fut {
+        self(conn)
     }
 }
 

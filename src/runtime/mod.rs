@@ -35,7 +35,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::options::ClientOptions;
 use crate::registration::DropGate;
 use etcd::{connect_and_check, connect_options, get_entries, kv, Ctx};
-use members::Members;
+use members::{Conn, Members};
 
 /// Where a task sends its one answer.
 pub(crate) type Reply<T> = cb::Sender<Result<T>>;
@@ -245,7 +245,7 @@ fn run_runtime(
                 Command::DeleteKey { key, reply } => {
                     tokio::spawn(async move {
                         let r = ctx
-                            .call("delete", move |c| {
+                            .call("delete", move |c: Conn| {
                                 let key = key.clone();
                                 async move { kv(&c).delete(key, None).await }
                             })

@@ -21,6 +21,7 @@ use crate::error::{
     from_cancel_reason, from_etcd, is_compacted, is_future_revision, Error, ErrorKind,
 };
 use crate::runtime::etcd::{kv, watch, Ctx, PrefixRead};
+use crate::runtime::members::Conn;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -160,7 +161,7 @@ async fn run(
     }
     let key = prefix.to_owned();
     let open = ctx
-        .open("watch", ctx.request_timeout, move |c| {
+        .open("watch", ctx.request_timeout, move |c: Conn| {
             let (key, opts) = (key.clone(), opts.clone());
             async move { watch(&c).watch(key, Some(opts)).await }
         })
@@ -240,7 +241,7 @@ async fn same_history(ctx: &Ctx, pos: &mut Position) -> crate::Result<Option<&'s
     let at = anchor.mod_revision;
     let key = anchor.key.clone();
     let read = ctx
-        .call("check history", move |c| {
+        .call("check history", move |c: Conn| {
             let key = key.clone();
             async move {
                 kv(&c)
