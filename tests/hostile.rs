@@ -22,28 +22,20 @@
 //! | `a_one_millisecond_dial_keep_alive_on_a_busy_etcd` | HELD | |
 //! | `watch_prefix_notifies_across_a_wiped_etcd` | HELD | |
 
-mod common;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use etcd_sd::channel::Receiver;
 use etcd_sd::{
     Client, ClientOptions, ErrorKind, Event, Instancer, Registrar, RegistrationState as S, Service,
     TtlOption,
 };
+use support::api::*;
 use support::{
-    closed_endpoint, unique_prefix, wait_until, EtcdCluster, EtcdServer, FaultProxy, RawEtcd,
+    closed_endpoint, ms, secs, unique_prefix, wait_until, EtcdCluster, EtcdServer, FaultProxy,
+    RawEtcd,
 };
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 /// Puts filler keys (outside any watched prefix) until the next write gets
 /// revision `next`.
