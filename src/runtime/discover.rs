@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::backoff::Backoff;
 use crate::chunks::SortedChunks;
 use crate::dispatch::Topic;
-use crate::error::Error;
+use crate::error::{is_compacted, is_future_revision, Error};
 use crate::instances::{Event, Instances};
 use crate::name::Name;
 use crate::runtime::etcd::{read_prefix, Ctx};
@@ -115,6 +115,15 @@ impl View {
         }
     }
 
+    /// True when `kvs` (key order or not) is exactly the state this view
+    /// holds: the same keys with the same values.
+    fn holds(&self, kvs: &[(Vec<u8>, String)]) -> bool {
+        kvs.len() == self.by_key.len()
+            && kvs
+                .iter()
+                .all(|(k, v)| self.by_key.get(k).is_some_and(|n| n.as_str() == v))
+    }
+
     fn snapshot(&self) -> Instances {
         Instances::from_set(self.set.clone())
     }
@@ -164,7 +173,7 @@ impl Task {
         loop {
             if need_read {
                 let read = tokio::select! {
-                    r = read_prefix(&ctx, &self.prefix) => r,
+                    r = read_prefix(&ctx, &self.prefix, 0) => r,
                     _ = stopped(&mut self.stop) => return,
                 };
                 match read {
@@ -195,16 +204,20 @@ impl Task {
                 }
             }
             let mut established = false;
-            let end = self
-                .watch(
-                    &ctx,
-                    &mut view,
-                    &mut snapshot,
-                    &mut position,
-                    &mut backoff,
-                    &mut established,
-                )
-                .await;
+            let end = match self.check_history(&ctx, &mut position, &view).await {
+                Some(end) => end,
+                None => {
+                    self.watch(
+                        &ctx,
+                        &mut view,
+                        &mut snapshot,
+                        &mut position,
+                        &mut backoff,
+                        &mut established,
+                    )
+                    .await
+                }
+            };
             match end {
                 End::Stopped => return,
                 End::HistoryGone(why) => {
@@ -227,6 +240,47 @@ impl Task {
                     }
                 }
             }
+        }
+    }
+
+    /// After a break, before resuming: reads the prefix at the revision to
+    /// resume after and compares it with the view. The same: resume (`None`).
+    /// Not the same, or not there any more, means etcd holds another history
+    /// (it lost its data and wrote again, maybe the very same keys at the very
+    /// same revisions; another cluster answers; a compaction): read again.
+    /// Reading it where this history left it is the one check that no
+    /// replay can pass by chance, and it costs what a re-read would.
+    async fn check_history(
+        &mut self,
+        ctx: &Ctx,
+        position: &mut Position,
+        view: &View,
+    ) -> Option<End> {
+        if !position.needs_check() {
+            return None;
+        }
+        let read = tokio::select! {
+            r = read_prefix(ctx, &self.prefix, position.revision) => r,
+            _ = stopped(&mut self.stop) => return Some(End::Stopped),
+        };
+        match read {
+            Ok(read) if !position.same_cluster_id(read.cluster_id) => {
+                Some(End::HistoryGone("another cluster answers"))
+            }
+            Ok(read) if view.holds(&read.kvs) => {
+                position.checked();
+                None
+            }
+            Ok(_) => Some(End::HistoryGone(
+                "etcd holds another history (it lost its data)",
+            )),
+            Err(e) if is_future_revision(&e) => Some(End::HistoryGone(
+                "etcd's revision went back (it lost its data)",
+            )),
+            Err(e) if is_compacted(&e) => Some(End::HistoryGone(
+                "compacted past the revision to resume from",
+            )),
+            Err(e) => Some(End::Broken(e)),
         }
     }
 
@@ -330,6 +384,17 @@ mod tests {
             (b"/3".to_vec(), "a".into()),
         ]);
         assert_eq!(v.snapshot().to_vec(), ["a", "b"]);
+        assert!(v.holds(&[
+            (b"/3".to_vec(), "a".into()),
+            (b"/1".to_vec(), "b".into()),
+            (b"/2".to_vec(), "a".into()),
+        ]));
+        assert!(!v.holds(&[(b"/1".to_vec(), "b".into()), (b"/2".to_vec(), "a".into())]));
+        assert!(!v.holds(&[
+            (b"/1".to_vec(), "b".into()),
+            (b"/2".to_vec(), "a".into()),
+            (b"/3".to_vec(), "c".into()),
+        ]));
     }
 
     #[test]

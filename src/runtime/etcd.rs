@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use crate::error::{closed_during_handshake, from_etcd, Error, ErrorKind, Result};
 use crate::options::ClientOptions;
-use crate::runtime::members::{Conn, InUse, Members, Request};
-use crate::runtime::watch::Anchor;
+use crate::runtime::members::{Answered, Conn, InUse, Members, Request};
 
 /// What tasks on the runtime thread share: the members and the timeouts.
 #[derive(Clone)]
@@ -63,17 +62,17 @@ impl Ctx {
     ) -> Result<T> {
         self.call_within(what, self.request_timeout, op)
             .await
-            .map(|(_, v)| v)
+            .map(|a| a.value)
     }
 
     /// As [`call`](Ctx::call), within `bound`, also saying which member
-    /// answered.
+    /// answered and which were sent the request without answering.
     pub(crate) async fn call_within<T: Send + 'static>(
         &self,
         what: &str,
         bound: Duration,
         op: impl Request<T>,
-    ) -> Result<(usize, T)> {
+    ) -> Result<Answered<T>> {
         self.members
             .call(what, bound, op)
             .await
@@ -88,8 +87,8 @@ impl Ctx {
         bound: Duration,
         op: impl Request<T>,
     ) -> Result<(InUse, T)> {
-        let (i, v) = self.call_within(what, bound, op).await?;
-        Ok((self.members.in_use(i), v))
+        let answered = self.call_within(what, bound, op).await?;
+        Ok((self.members.in_use(answered.member), answered.value))
     }
 }
 
@@ -125,7 +124,7 @@ pub(crate) async fn connect_and_check(
 /// Reads the values under `prefix` in key order, a page at a time, every page
 /// at the revision of the first.
 pub(crate) async fn get_entries(ctx: &Ctx, prefix: &str) -> Result<Vec<String>> {
-    let read = read_prefix(ctx, prefix).await?;
+    let read = read_prefix(ctx, prefix, 0).await?;
     Ok(read.kvs.into_iter().map(|(_, v)| v).collect())
 }
 
@@ -139,22 +138,19 @@ pub(crate) struct PrefixRead {
     /// (key, value) in key order; keys as etcd holds them (bytes), values
     /// converted lossily where they are not UTF-8.
     pub(crate) kvs: Vec<(Vec<u8>, String)>,
-    /// The key written last, to check later that etcd still holds this
-    /// history.
-    pub(crate) anchor: Option<Anchor>,
     /// The id of the cluster that answered.
     pub(crate) cluster_id: u64,
 }
 
-/// Reads every key under `prefix` at one revision, in pages of [`PAGE`] keys so
-/// that very large prefixes stay under gRPC's message size limit.
-pub(crate) async fn read_prefix(ctx: &Ctx, prefix: &str) -> Result<PrefixRead> {
+/// Reads every key under `prefix` at one revision (`at`, or the current one
+/// when `at` is 0), in pages of [`PAGE`] keys so that very large prefixes
+/// stay under gRPC's message size limit.
+pub(crate) async fn read_prefix(ctx: &Ctx, prefix: &str, at: i64) -> Result<PrefixRead> {
     use etcd_client::GetOptions;
     let range_end = prefix_range_end(prefix.as_bytes());
     let mut read = PrefixRead {
-        revision: 0,
+        revision: at,
         kvs: Vec::new(),
-        anchor: None,
         cluster_id: 0,
     };
     let mut start = prefix.as_bytes().to_vec();
@@ -172,9 +168,11 @@ pub(crate) async fn read_prefix(ctx: &Ctx, prefix: &str) -> Result<PrefixRead> {
                 async move { kv(&c).get(key, Some(opts)).await }
             })
             .await?;
+        if read.cluster_id == 0 {
+            read.cluster_id = resp.header().map(|h| h.cluster_id()).unwrap_or(0);
+        }
         if read.revision == 0 {
             read.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            read.cluster_id = resp.header().map(|h| h.cluster_id()).unwrap_or(0);
         }
         let more = resp.more();
         let kvs = resp.take_kvs();
@@ -183,7 +181,6 @@ pub(crate) async fn read_prefix(ctx: &Ctx, prefix: &str) -> Result<PrefixRead> {
             start.push(0);
         }
         for kv in kvs {
-            Anchor::keep_latest(&mut read.anchor, &kv);
             let value = String::from_utf8_lossy(kv.value()).into_owned();
             let (key, _) = kv.into_key_value();
             read.kvs.push((key, value));

@@ -35,6 +35,10 @@ pub(crate) struct Task {
     shared: Arc<Shared>,
     control: mpsc::UnboundedReceiver<Control>,
     epoch: u64,
+    /// Members that were sent the grant of the lease in force and did not
+    /// answer: a copy may still land there (a stopped member resuming) and
+    /// bring the lease back after its revoke.
+    late_grant: Vec<usize>,
 }
 
 impl Task {
@@ -51,6 +55,7 @@ impl Task {
             shared,
             control,
             epoch,
+            late_grant: Vec::new(),
         }
     }
 }
@@ -77,7 +82,7 @@ impl Task {
     /// reports `Unregistered` with the error.
     async fn give_up(&mut self, ctx: &Ctx, lease: Option<i64>, error: Error) {
         if let Some(id) = lease {
-            if let Err(e) = revoke(ctx, id).await {
+            if let Err(e) = self.revoke(ctx, id).await {
                 log::debug!(target: LOG, "{}: revoking lease {id:x} after a refusal: {e}", self.service.key);
             }
         }
@@ -101,11 +106,15 @@ impl Task {
         let mut lease: Option<i64> = None;
         loop {
             // Establish: (grant and) put.
-            let attempt = establish(&ctx, &self.service, ttl, lease);
+            let mut late = None;
+            let attempt = establish(&ctx, &self.service, ttl, lease, &mut late);
             let outcome = tokio::select! {
                 r = attempt => r,
                 c = self.control.recv() => return self.finish(&ctx, c, lease).await,
             };
+            if let Some(late) = late {
+                self.late_grant = late;
+            }
             let (revision, watch) = match outcome {
                 Ok(Established {
                     lease: id,
@@ -182,7 +191,7 @@ impl Task {
     /// Deregisters (revoking `lease` if known) and reports to whoever asked.
     async fn finish(&mut self, ctx: &Ctx, control: Option<Control>, lease: Option<i64>) {
         let result = match lease {
-            Some(id) => revoke(ctx, id).await,
+            Some(id) => self.revoke(ctx, id).await,
             None => Ok(()),
         };
         self.shared.set(
@@ -193,6 +202,43 @@ impl Task {
         );
         if let Some(Control::Deregister(reply)) = control {
             let _ = reply.send(result);
+        }
+    }
+}
+
+impl Task {
+    /// Revokes the lease in force; if a copy of its grant may still land on a
+    /// member that did not answer, revokes it again once that member is back.
+    async fn revoke(&mut self, ctx: &Ctx, id: i64) -> Result<()> {
+        let result = revoke(ctx, id).await;
+        let late = std::mem::take(&mut self.late_grant);
+        if result.is_ok() && !late.is_empty() {
+            tokio::spawn(revoke_late_grant(ctx.clone(), id, late));
+        }
+        result
+    }
+}
+
+/// How long a revoked lease is watched for a late copy of its grant.
+const LATE_GRANT_WINDOW: Duration = Duration::from_secs(600);
+
+/// Waits (at most [`LATE_GRANT_WINDOW`]) until every member in `late` has
+/// answered again, then revokes `id` once more: a copy of its grant that was
+/// held up there has been applied by then and made the lease anew, with no
+/// key under it and nobody keeping it alive, but for a whole ttl.
+async fn revoke_late_grant(ctx: Ctx, id: i64, late: Vec<usize>) {
+    let deadline = tokio::time::Instant::now() + LATE_GRANT_WINDOW;
+    while !ctx.members.all_answering(&late) {
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What the member had queued is applied within moments of its answer.
+    for pause in [Duration::from_millis(300), Duration::from_secs(2)] {
+        tokio::time::sleep(pause).await;
+        if let Err(e) = revoke(&ctx, id).await {
+            log::debug!(target: LOG, "lease {id:x}: revoking a late grant: {e}");
         }
     }
 }
@@ -217,18 +263,27 @@ async fn revoke(ctx: &Ctx, id: i64) -> Result<()> {
 /// reaches etcd twice (sent again to another member when the first did not
 /// answer in time) makes one lease, not two: the second attempt hears that
 /// the lease exists, which is ours.
-async fn grant(ctx: &Ctx, ttl: TtlOption) -> Result<i64> {
+///
+/// Returns the lease and the members that were sent the grant without
+/// answering (see [`revoke_late_grant`]).
+async fn grant(ctx: &Ctx, ttl: TtlOption) -> Result<(i64, Vec<usize>)> {
     let id = new_lease_id();
     let seconds = ttl.lease_seconds();
-    match ctx
-        .call("grant lease", move |c: Conn| async move {
-            let options = etcd_client::LeaseGrantOptions::new().with_id(id);
-            c.lease_client().grant(seconds, Some(options)).await
-        })
-        .await
-    {
-        Ok(resp) => Ok(resp.id()),
-        Err(e) if is_lease_exists(&e) => Ok(id),
+    let granted = ctx
+        .call_within(
+            "grant lease",
+            ctx.request_timeout,
+            move |c: Conn| async move {
+                let options = etcd_client::LeaseGrantOptions::new().with_id(id);
+                c.lease_client().grant(seconds, Some(options)).await
+            },
+        )
+        .await;
+    match granted {
+        Ok(answer) => Ok((answer.value.id(), answer.unanswered)),
+        // The earlier copy got through; which member holds a later one is
+        // not known, so none is watched.
+        Err(e) if is_lease_exists(&e) => Ok((id, Vec::new())),
         Err(e) => Err(e),
     }
 }
@@ -306,6 +361,7 @@ async fn establish(
     service: &Service,
     ttl: TtlOption,
     lease: Option<i64>,
+    late_grant: &mut Option<Vec<usize>>,
 ) -> std::result::Result<Established, NotEstablished> {
     let watch = watch_own_key(ctx, &service.key, WatchFrom::Now, open_bound(ctx, ttl));
     let (watch, granted) = match lease {
@@ -326,7 +382,8 @@ async fn establish(
         }
         None => tokio::join!(watch, grant(ctx, ttl)),
     };
-    let id = granted.map_err(|e| NotEstablished::new(e, None))?;
+    let (id, late) = granted.map_err(|e| NotEstablished::new(e, None))?;
+    *late_grant = Some(late);
     match put(ctx, service, id).await {
         Ok(revision) => Ok(Established {
             lease: id,

@@ -23,7 +23,7 @@
 //!   pings stay at etcd's accepted rate (see `client::connect_options`).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,9 @@ struct Member {
     client: Mutex<Option<etcd_client::Client>>,
     /// Failed or found slow lately: tried after the others.
     suspect: AtomicBool,
+    /// Answers for another cluster than the others: never used while a
+    /// member of the client's cluster is there.
+    foreign: AtomicBool,
     /// Streams open on this member (what the prober watches over).
     streams: AtomicUsize,
     /// Bumped when the member is declared hung: streams on it move.
@@ -62,6 +65,10 @@ pub(crate) struct Members {
     members: Vec<Member>,
     preferred: AtomicUsize,
     connect: etcd_client::ConnectOptions,
+    /// The id of the client's cluster: the first one a member answered for
+    /// (0 before that). With several endpoints, a member that answers for
+    /// another is foreign.
+    cluster_id: AtomicU64,
 }
 
 impl Members {
@@ -73,6 +80,7 @@ impl Members {
                 endpoint: e.clone(),
                 client: Mutex::new(None),
                 suspect: AtomicBool::new(false),
+                foreign: AtomicBool::new(false),
                 streams: AtomicUsize::new(0),
                 hung: watch::channel(0).0,
             })
@@ -81,6 +89,7 @@ impl Members {
             members,
             preferred: AtomicUsize::new(0),
             connect,
+            cluster_id: AtomicU64::new(0),
         }
     }
 
@@ -89,24 +98,63 @@ impl Members {
         &self.members[i].endpoint
     }
 
-    /// The connection to member `i`, made on first use.
-    async fn client(
-        &self,
-        i: usize,
-    ) -> std::result::Result<etcd_client::Client, etcd_client::Error> {
+    /// The connection to member `i`, made on first use. With several
+    /// endpoints a new connection first asks the member which cluster it
+    /// belongs to: an endpoint of another cluster in the list must not
+    /// answer for this one.
+    async fn client(&self, i: usize) -> Result<Conn> {
         if let Some(c) = self.members[i].client.lock().clone() {
             return Ok(c);
         }
         let member = &self.members[i];
         let client =
             etcd_client::Client::connect([member.endpoint.as_str()], Some(self.connect.clone()))
-                .await?;
+                .await
+                .map_err(from_etcd)?;
+        if self.members.len() > 1 {
+            let status = client
+                .maintenance_client()
+                .status()
+                .await
+                .map_err(from_etcd)?;
+            let id = status.header().map(|h| h.cluster_id()).unwrap_or(0);
+            self.check_cluster(i, id)?;
+        }
         *member.client.lock() = Some(client.clone());
         Ok(client)
     }
 
+    /// Checks that member `i` answers for the client's cluster (adopting
+    /// `id` as the client's when none is known yet); marks it foreign if not.
+    fn check_cluster(&self, i: usize, id: u64) -> Result<()> {
+        if id == 0 || self.members.len() == 1 {
+            return Ok(());
+        }
+        match self
+            .cluster_id
+            .compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => Ok(()),
+            Err(ours) if ours == id => Ok(()),
+            Err(ours) => {
+                let member = &self.members[i];
+                if !member.foreign.swap(true, Ordering::Relaxed) {
+                    log::error!(target: LOG, "member {} answers for another etcd cluster (id {id:x}, not {ours:x}); not using it", member.endpoint);
+                }
+                member.hung.send_modify(|g| *g += 1);
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "{} belongs to another etcd cluster (id {id:x}, not {ours:x})",
+                        member.endpoint
+                    ),
+                ))
+            }
+        }
+    }
+
     /// The connections made so far (to refresh their auth tokens).
-    pub(crate) fn connected(&self) -> Vec<etcd_client::Client> {
+    pub(crate) fn connected(&self) -> Vec<Conn> {
         self.members
             .iter()
             .filter_map(|m| m.client.lock().clone())
@@ -114,12 +162,25 @@ impl Members {
     }
 
     /// The order to try members in: the preferred one, then the others in
-    /// turn, suspect ones last.
+    /// turn, suspect ones last; foreign ones not at all. When every member
+    /// is foreign, the whole cluster was replaced: follow the new one.
     fn order(&self) -> Vec<usize> {
         let n = self.members.len();
+        let ours: Vec<usize> = (0..n)
+            .filter(|&i| !self.members[i].foreign.load(Ordering::Relaxed))
+            .collect();
+        if ours.is_empty() {
+            log::warn!(target: LOG, "every member answers for another etcd cluster; following it");
+            self.cluster_id.store(0, Ordering::Relaxed);
+            for m in &self.members {
+                m.foreign.store(false, Ordering::Relaxed);
+            }
+            return self.order();
+        }
         let first = self.preferred.load(Ordering::Relaxed) % n;
         let (mut healthy, suspect): (Vec<usize>, Vec<usize>) = (0..n)
             .map(|k| (first + k) % n)
+            .filter(|i| ours.contains(i))
             .partition(|&i| !self.members[i].suspect.load(Ordering::Relaxed));
         healthy.extend(suspect);
         healthy
@@ -161,15 +222,17 @@ impl Members {
     /// Runs `op` on one member after another, within `bound`, as the module
     /// docs say; returns the first answer and the member that gave it.
     ///
-    /// Only for requests that may safely reach etcd twice: reads, puts of
-    /// the same value, revokes, grants with an id of our choosing, and the
-    /// opening of streams (the losers are dropped, which cancels them).
+    /// Only for requests that may safely reach etcd twice, even late (a copy
+    /// held up in a stopped member lands when it resumes): reads, puts under
+    /// a lease (a late one fails once the lease is revoked), revokes, grants
+    /// with an id of our choosing, transactions guarded by a revision, and
+    /// the opening of streams (the losers are dropped, which cancels them).
     pub(crate) async fn call<T: Send + 'static>(
         self: &Arc<Self>,
         what: &str,
         bound: Duration,
         op: impl Request<T>,
-    ) -> Result<(usize, T)> {
+    ) -> Result<Answered<T>> {
         let deadline = tokio::time::Instant::now() + bound;
         let order = self.order();
         let hedge = hedge_delay(bound);
@@ -191,7 +254,7 @@ impl Members {
                 attempts.spawn(async move {
                     let r = match members.client(i).await {
                         Ok(c) => op.send(c).await.map_err(from_etcd),
-                        Err(e) => Err(from_etcd(e)),
+                        Err(e) => Err(e),
                     };
                     (i, r)
                 });
@@ -218,7 +281,11 @@ impl Members {
                     match r {
                         Ok(v) => {
                             self.answered(i);
-                            return Ok((i, v));
+                            return Ok(Answered {
+                                member: i,
+                                value: v,
+                                unanswered: running,
+                            });
                         }
                         Err(e) if worth_another_member(&e) => {
                             self.suspect(i, &e);
@@ -256,6 +323,14 @@ impl Members {
         }
     }
 
+    /// True when none of `members` is suspect: each has answered since it
+    /// failed or hung (the prober asks suspect members every second).
+    pub(crate) fn all_answering(&self, members: &[usize]) -> bool {
+        members
+            .iter()
+            .all(|&i| !self.members[i].suspect.load(Ordering::Relaxed))
+    }
+
     /// Marks a stream open on member `i` until the guard is dropped.
     pub(crate) fn in_use(self: &Arc<Self>, i: usize) -> InUse {
         let member = &self.members[i];
@@ -277,6 +352,9 @@ impl Members {
             let wanted: Vec<usize> = (0..self.members.len())
                 .filter(|&i| {
                     let m = &self.members[i];
+                    if m.foreign.load(Ordering::Relaxed) {
+                        return false;
+                    }
                     m.streams.load(Ordering::Relaxed) > 0
                         || (self.members.len() > 1 && m.suspect.load(Ordering::Relaxed))
                 })
@@ -314,12 +392,9 @@ impl Members {
     /// One bounded status call to member `i`.
     async fn probe(&self, i: usize) -> Result<()> {
         let attempt = async {
-            let c = self.client(i).await.map_err(from_etcd)?;
-            c.maintenance_client()
-                .status()
-                .await
-                .map(|_| ())
-                .map_err(from_etcd)
+            let c = self.client(i).await?;
+            let status = c.maintenance_client().status().await.map_err(from_etcd)?;
+            self.check_cluster(i, status.header().map(|h| h.cluster_id()).unwrap_or(0))
         };
         match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
             Ok(r) => r,
@@ -333,6 +408,16 @@ impl Members {
 
 /// A connection to one member.
 pub(crate) type Conn = etcd_client::Client;
+
+/// The first answer to a [`Members::call`].
+pub(crate) struct Answered<T> {
+    /// The member that gave it.
+    pub(crate) member: usize,
+    pub(crate) value: T,
+    /// Members the same request was sent to that had not answered: a copy
+    /// may still be applied there, late (when a stopped member resumes).
+    pub(crate) unanswered: Vec<usize>,
+}
 
 /// One request, as [`Members::call`] runs it on one member after another:
 /// given a member's connection, the future of its answer. Any closure

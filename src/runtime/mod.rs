@@ -182,6 +182,42 @@ impl Drop for Core {
     }
 }
 
+/// Deletes `key` as it is now, never a later write of it. A call may reach
+/// etcd twice (sent again to another member when the first did not answer in
+/// time), and a copy held up in a stopped member could land after someone
+/// registered the key anew. So the delete is a transaction that holds only
+/// while the key's last write is no later than the revision read first.
+async fn delete_key(ctx: &Ctx, key: String) -> Result<()> {
+    use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+    let read_key = key.clone();
+    let read = ctx
+        .call("delete", move |c: Conn| {
+            let key = read_key.clone();
+            async move {
+                kv(&c)
+                    .get(key, Some(GetOptions::new().with_keys_only()))
+                    .await
+            }
+        })
+        .await?;
+    let seen = read.header().map(|h| h.revision()).unwrap_or(0);
+    ctx.call("delete", move |c: Conn| {
+        let key = key.clone();
+        async move {
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Less,
+                    seen + 1,
+                )])
+                .and_then([TxnOp::delete(key, None)]);
+            kv(&c).txn(txn).await
+        }
+    })
+    .await
+    .map(|_| ())
+}
+
 /// What the runtime thread needs to connect.
 struct Startup {
     endpoints: Vec<String>,
@@ -244,14 +280,7 @@ fn run_runtime(
                 }
                 Command::DeleteKey { key, reply } => {
                     tokio::spawn(async move {
-                        let r = ctx
-                            .call("delete", move |c: Conn| {
-                                let key = key.clone();
-                                async move { kv(&c).delete(key, None).await }
-                            })
-                            .await
-                            .map(|_| ());
-                        let _ = reply.send(r);
+                        let _ = reply.send(delete_key(&ctx, key).await);
                     });
                 }
                 Command::Register(task) => {

@@ -33,9 +33,17 @@ impl Task {
         // resumes after it and no change goes unnotified.
         let mut position = Position::from_now();
         loop {
+            // After a break etcd may hold another history, even one that got
+            // past our revision (wiped, then written again): the creation of
+            // the resumed watch says "something may have changed", which is
+            // all a notifier can say, and its receiver reads again.
+            let resumed = position.needs_check();
             let end = prefix_watch::session(&ctx, &self.prefix, &mut position, |resp| {
                 if resp.created() {
                     backoff.reset();
+                    if resumed && !self.notify() {
+                        return ControlFlow::Break(());
+                    }
                 }
                 // Changes are notified. So are progress notifications (no
                 // events, not the creation; etcd sends one every 10 minutes

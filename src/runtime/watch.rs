@@ -1,26 +1,25 @@
 //! One watch session over a prefix that can be resumed where it broke: what
-//! discovery (`discover`) and the `WatchPrefix` notifier (`notify`) both run, each with its own
-//! handling of the responses.
+//! discovery (`discover`) and the `WatchPrefix` notifier (`notify`) both run,
+//! each with its own handling of the responses.
 //!
 //! A [`Position`] carries the chain from one session to the next: the
 //! revision of the last change seen (and of progress notifications, which
 //! say everything up to them was sent), so the next session starts right
-//! after it and no change is missed or repeated; and an [`Anchor`], the last
-//! key written that the chain saw, to check after every break that etcd still
-//! holds the same history. Only the loss of that history ends the chain
-//! ([`End::HistoryGone`]): a compaction past the revision, an etcd whose
-//! revisions went back, another cluster on the same address, or an etcd that
-//! lost its data and has since written past the revision (its anchor key is
-//! not what it was at the anchor's revision).
+//! after it and no change is missed or repeated, and the id of the cluster
+//! it comes from. After a break the caller checks that etcd still holds the
+//! same history before resuming ([`Position::needs_check`]): discovery reads
+//! the prefix at the revision and compares it with what it holds. Only the
+//! loss of that history ends the chain ([`End::HistoryGone`]): a compaction
+//! past the revision, an etcd whose revisions went back, another cluster on
+//! the same address, or an etcd that lost its data and has since written
+//! past the revision.
 
 use std::ops::ControlFlow;
 
-use etcd_client::{GetOptions, KeyValue, WatchOptions, WatchResponse};
+use etcd_client::{WatchOptions, WatchResponse};
 
-use crate::error::{
-    from_cancel_reason, from_etcd, is_compacted, is_future_revision, Error, ErrorKind,
-};
-use crate::runtime::etcd::{kv, watch, Ctx, PrefixRead};
+use crate::error::{from_cancel_reason, from_etcd, Error, ErrorKind};
+use crate::runtime::etcd::{watch, Ctx, PrefixRead};
 use crate::runtime::members::Conn;
 
 /// How a session ended.
@@ -35,45 +34,11 @@ pub(crate) enum End {
     Broken(Error),
 }
 
-/// A key as it was written at one revision: if etcd still holds the history
-/// the chain comes from, reading the key at that revision gives it back
-/// exactly (same creation, modification and version).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Anchor {
-    key: Vec<u8>,
-    create_revision: i64,
-    mod_revision: i64,
-    version: i64,
-}
-
-impl Anchor {
-    fn of(kv: &KeyValue) -> Anchor {
-        Anchor {
-            key: kv.key().to_vec(),
-            create_revision: kv.create_revision(),
-            mod_revision: kv.mod_revision(),
-            version: kv.version(),
-        }
-    }
-
-    /// Keeps in `slot` whichever of it and `kv` was written last.
-    pub(crate) fn keep_latest(slot: &mut Option<Anchor>, kv: &KeyValue) {
-        if kv.mod_revision() > slot.as_ref().map_or(0, |a| a.mod_revision) {
-            *slot = Some(Anchor::of(kv));
-        }
-    }
-
-    fn matches(&self, kv: &KeyValue) -> bool {
-        *self == Anchor::of(kv)
-    }
-}
-
 /// Where a chain of sessions stands.
 #[derive(Debug, Default)]
 pub(crate) struct Position {
     /// The last revision known to be delivered in full; 0: start from now.
     pub(crate) revision: i64,
-    anchor: Option<Anchor>,
     /// The history is known to be the one `revision` belongs to (just read,
     /// or checked since the last break).
     checked: bool,
@@ -86,7 +51,6 @@ impl Position {
     pub(crate) fn after_read(read: &PrefixRead) -> Position {
         Position {
             revision: read.revision,
-            anchor: read.anchor.clone(),
             checked: true,
             cluster_id: read.cluster_id,
         }
@@ -96,10 +60,21 @@ impl Position {
     pub(crate) fn from_now() -> Position {
         Position {
             revision: 0,
-            anchor: None,
             checked: true,
             cluster_id: 0,
         }
+    }
+
+    /// True after a break, until [`checked`](Position::checked): the next
+    /// session would resume after `revision`, and etcd may hold another
+    /// history by now (restarted empty, another cluster, another member).
+    pub(crate) fn needs_check(&self) -> bool {
+        self.revision > 0 && !self.checked
+    }
+
+    /// etcd was found to hold the chain's history: resume.
+    pub(crate) fn checked(&mut self) {
+        self.checked = true;
     }
 
     /// Checks the cluster of an answer: false when another cluster answers
@@ -108,7 +83,7 @@ impl Position {
         self.same_cluster_id(header.map(|h| h.cluster_id()).unwrap_or(0))
     }
 
-    fn same_cluster_id(&mut self, id: u64) -> bool {
+    pub(crate) fn same_cluster_id(&mut self, id: u64) -> bool {
         match id {
             0 => true,
             id if self.cluster_id == 0 => {
@@ -123,8 +98,8 @@ impl Position {
 /// Watches `prefix` after `pos.revision`, or from now when it is 0, with
 /// progress notifications, and calls `on` with every response that is not a
 /// cancellation (the creation, changes, progress). Keeps `pos` up to date.
-/// After a break, first checks that etcd still holds the same history.
-/// Opening is bounded by the request timeout and moves between members as
+/// After a break the caller checks the history first
+/// ([`Position::needs_check`]). Opening is bounded by the request timeout and moves between members as
 /// every call does; an open session runs until it ends (drop it to stop it),
 /// and ends when its member is declared hung.
 pub(crate) async fn session(
@@ -148,13 +123,6 @@ async fn run(
     pos: &mut Position,
     mut on: impl FnMut(&WatchResponse) -> ControlFlow<()>,
 ) -> End {
-    if pos.revision > 0 && !pos.checked {
-        match same_history(ctx, pos).await {
-            Ok(None) => pos.checked = true,
-            Ok(Some(why)) => return End::HistoryGone(why),
-            Err(e) => return End::Broken(e),
-        }
-    }
     let mut opts = WatchOptions::new().with_prefix().with_progress_notify();
     if pos.revision > 0 {
         opts = opts.with_start_revision(pos.revision + 1);
@@ -220,51 +188,11 @@ async fn run(
         for ev in resp.events() {
             if let Some(kv) = ev.kv() {
                 pos.revision = pos.revision.max(kv.mod_revision());
-                if ev.event_type() == etcd_client::EventType::Put {
-                    Anchor::keep_latest(&mut pos.anchor, kv);
-                }
             }
         }
         if on(&resp).is_break() {
             return End::Stopped;
         }
-    }
-}
-
-/// Checks that etcd still holds the history `pos` comes from: `None` when it
-/// does, the reason when it does not (or when there is nothing to check it
-/// against: then only a read is sure).
-async fn same_history(ctx: &Ctx, pos: &mut Position) -> crate::Result<Option<&'static str>> {
-    let Some(anchor) = pos.anchor.clone() else {
-        return Ok(Some("nothing seen to check the history against"));
-    };
-    let at = anchor.mod_revision;
-    let key = anchor.key.clone();
-    let read = ctx
-        .call("check history", move |c: Conn| {
-            let key = key.clone();
-            async move {
-                kv(&c)
-                    .get(key, Some(GetOptions::new().with_revision(at)))
-                    .await
-            }
-        })
-        .await;
-    match read {
-        Ok(resp) => {
-            if !pos.same_cluster(resp.header()) {
-                return Ok(Some("another cluster answers"));
-            }
-            match resp.kvs().first() {
-                Some(kv) if anchor.matches(kv) => Ok(None),
-                _ => Ok(Some("etcd holds another history (it lost its data)")),
-            }
-        }
-        Err(e) if is_future_revision(&e) => {
-            Ok(Some("etcd's revision went back (it lost its data)"))
-        }
-        Err(e) if is_compacted(&e) => Ok(Some("compacted past the revision to resume from")),
-        Err(e) => Err(e),
     }
 }
 
