@@ -37,7 +37,7 @@ check "unsafe code only under src/ffi/" \
 check "client.rs imports no handle but registrar.rs" \
   "$(grep -nE 'crate::instancer\b' src/client.rs)"
 check "the dispatcher and the shared modules import no handle" \
-  "$(grep -nE 'crate::(client|registrar|instancer)\b' src/dispatch.rs src/registration.rs src/options.rs src/error.rs src/instances.rs)"
+  "$(grep -rnE 'crate::(client|registrar|instancer)\b' src/dispatch src/registration.rs src/options.rs src/error.rs src/instances.rs)"
 
 if [ "$status" -eq 0 ]; then
   echo "layout: all checks hold"

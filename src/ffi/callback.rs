@@ -20,7 +20,7 @@
 //!   fails, whatever the status (a NULL argument, a stopped instancer, a
 //!   caught panic): `context` is always released. Afterwards the guard is
 //!   owned by the closure handed to the dispatcher, which drops each closure
-//!   exactly once, after its last call (`src/dispatch.rs`).
+//!   exactly once, after its last call (`src/dispatch/`).
 //! * **Calls of one callback never overlap**, and come in order. Update
 //!   callbacks run on the client's dispatcher thread, `etcd-sd-dispatch`.
 //!   `drop` runs on the thread that removed the callback (remove, stop, free,
