@@ -182,6 +182,9 @@ impl Drop for Core {
     }
 }
 
+/// The largest key [`delete_key`] guards: the transaction holds the key twice.
+const GUARDED_KEY_MAX: usize = 512 * 1024;
+
 /// Deletes `key` as it is now, never a later write of it. A call may reach
 /// etcd twice (sent again to another member when the first did not answer in
 /// time), and a copy held up in a stopped member could land after someone
@@ -200,7 +203,21 @@ async fn delete_key(ctx: &Ctx, key: String) -> Result<()> {
             }
         })
         .await?;
+    if read.kvs().is_empty() {
+        return Ok(()); // nothing to delete
+    }
     let seen = read.header().map(|h| h.revision()).unwrap_or(0);
+    if key.len() > GUARDED_KEY_MAX {
+        // The guard names the key a second time; a key this large would push
+        // the transaction past etcd's request limit.
+        return ctx
+            .call("delete", move |c: Conn| {
+                let key = key.clone();
+                async move { kv(&c).delete(key, None).await }
+            })
+            .await
+            .map(|_| ());
+    }
     ctx.call("delete", move |c: Conn| {
         let key = key.clone();
         async move {
