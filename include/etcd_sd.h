@@ -150,6 +150,60 @@ typedef struct etcd_sd_client_options {
 } etcd_sd_client_options;
 
 /**
+ * A client's counters (`Client::stats` in Rust), as `etcd_sd_client_stats`
+ * fills them. Every field is a `uint64_t`; `connected` is 0 or 1. Fields are
+ * only ever appended, never reordered or removed: pass `sizeof` of the
+ * struct your program was built with, and a newer library fills only that
+ * much.
+ */
+typedef struct etcd_sd_stats {
+  /**
+   * 1 when the last call to etcd got an answer, else 0.
+   */
+  uint64_t connected;
+  /**
+   * Registrars alive on this client.
+   */
+  uint64_t registrars;
+  /**
+   * Of those, the ones now registered.
+   */
+  uint64_t registered;
+  /**
+   * Keys written: first registrations and re-registrations.
+   */
+  uint64_t registrations;
+  /**
+   * Registrations made again after a loss.
+   */
+  uint64_t reregistrations;
+  /**
+   * Leases found expired or revoked.
+   */
+  uint64_t leases_lost;
+  /**
+   * Instancers alive.
+   */
+  uint64_t instancers;
+  /**
+   * Broken watches resumed from their revision.
+   */
+  uint64_t watch_resumes;
+  /**
+   * Full re-reads of a prefix (compaction, etcd lost its data).
+   */
+  uint64_t rereads;
+  /**
+   * Events published, one per change of an instancer's state.
+   */
+  uint64_t events;
+  /**
+   * Panics caught in subscriber callbacks and their drops.
+   */
+  uint64_t callback_panics;
+} etcd_sd_stats;
+
+/**
  * A callback for discovery updates: called with an event lent for the
  * duration of the call, and the `context` given to
  * `etcd_sd_instancer_on_update`.
@@ -327,6 +381,19 @@ void etcd_sd_client_free(struct etcd_sd_client *c);
 etcd_sd_status etcd_sd_client_get_entries(const struct etcd_sd_client *c,
                                           const char *prefix,
                                           struct etcd_sd_strings **out);
+
+/**
+ * Copies the client's counters into `out`: the first `out_size` bytes of an
+ * `etcd_sd_stats` (the caller's `sizeof(etcd_sd_stats)`; a smaller struct
+ * from an older header gets the fields it knows; an `out_size` of 0 writes
+ * nothing). Never blocks: it reads atomics, even while etcd is stuck.
+ *
+ * Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for a NULL client,
+ * or a NULL `out` with a non-zero `out_size`.
+ */
+etcd_sd_status etcd_sd_client_stats(const struct etcd_sd_client *c,
+                                    struct etcd_sd_stats *out,
+                                    size_t out_size);
 
 /**
  * The number of strings in `s`; 0 for NULL.

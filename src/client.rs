@@ -16,6 +16,7 @@ use crate::registrar::Registrar;
 use crate::registration::RegistrationState;
 use crate::runtime::notify;
 use crate::runtime::{Command, Core};
+use crate::stats::Stats;
 
 const LOG: &str = "etcd_sd::client";
 
@@ -285,6 +286,21 @@ impl Client {
     /// has its own lease; [`Registrar::lease_id`] gives the lease of one.
     pub fn lease_id(&self) -> i64 {
         self.inner.last_lease.load(Ordering::Relaxed)
+    }
+
+    /// How the client is doing: its counters (see [`Stats`]). Cheap (a few
+    /// atomic loads, no lock, no call to etcd), so it answers at once even
+    /// while etcd or the runtime is stuck.
+    ///
+    /// ```no_run
+    /// let client = etcd_sd::Client::connect(&["127.0.0.1:2379"], Default::default())?;
+    /// let s = client.stats();
+    /// println!("{} of {} registrars registered; connected: {}", s.registered, s.registrars, s.connected);
+    /// # Ok::<(), etcd_sd::Error>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let core = &self.inner.core;
+        core.counters.snapshot(core.dispatcher.callback_panics())
     }
 
     /// The endpoints in use, normalised (`http://host:port` or

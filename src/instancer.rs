@@ -20,6 +20,7 @@ use crate::instances::Event;
 use crate::options::validate_prefix;
 use crate::runtime::discover::Task;
 use crate::runtime::{wait_reply, Command, Core};
+use crate::stats::Gauge;
 
 const LOG: &str = "etcd_sd::instancer";
 
@@ -121,6 +122,8 @@ impl Instancer {
             stop_rx,
             ready_tx,
         )))?;
+        // Counted from here; the drop (also of a failed `new`) uncounts it.
+        core.counters.up(Gauge::Instancers);
         let instancer = Instancer {
             _core: core.clone(),
             prefix: prefix.to_owned(),
@@ -270,6 +273,7 @@ impl Instancer {
 impl Drop for Instancer {
     fn drop(&mut self) {
         self.stop();
+        self._core.counters.down(Gauge::Instancers);
     }
 }
 

@@ -225,6 +225,7 @@ mod registrar;
 mod registration;
 mod runtime;
 pub mod sd;
+mod stats;
 
 /// The channels updates arrive on: a re-export of `crossbeam_channel`.
 pub use crossbeam_channel as channel;
@@ -236,6 +237,7 @@ pub use instances::{Event, Instances, Iter};
 pub use options::{ClientOptions, Service, TtlOption};
 pub use registrar::Registrar;
 pub use registration::{RegistrationEvent, RegistrationState};
+pub use stats::Stats;
 
 #[cfg(test)]
 mod tests {

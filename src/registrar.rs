@@ -68,7 +68,11 @@ impl Registrar {
     }
 
     pub(crate) fn on_core(core: Arc<Core>, service: Service) -> Registrar {
-        let shared = Arc::new(Shared::new(service.key.clone(), core.drop_gate.clone()));
+        let shared = Arc::new(Shared::new(
+            service.key.clone(),
+            core.drop_gate.clone(),
+            core.counters.clone(),
+        ));
         Registrar {
             core,
             service,
@@ -257,5 +261,6 @@ impl Drop for Registrar {
             let _ = control.send(Control::Deregister(tx));
         }
         self.shared.status.lock().listeners.clear();
+        self.shared.gone();
     }
 }

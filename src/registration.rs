@@ -12,6 +12,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::Error;
 use crate::runtime::Reply;
+use crate::stats::{Counters, Gauge};
 
 const LOG: &str = "etcd_sd::registrar";
 
@@ -109,6 +110,8 @@ pub(crate) struct Shared {
     pub(crate) epoch: AtomicU64,
     pub(crate) status: Mutex<Status>,
     pub(crate) changed: Condvar,
+    /// The client's counters (`registered`, `registrars`).
+    counters: Arc<Counters>,
 }
 
 pub(crate) struct Status {
@@ -116,10 +119,17 @@ pub(crate) struct Status {
     pub(crate) lease_id: Option<i64>,
     pub(crate) last_error: Option<Error>,
     pub(crate) listeners: Vec<cb::Sender<RegistrationEvent>>,
+    /// Counted in the client's `registered` gauge.
+    counted: bool,
+    /// The handle is gone: no longer counted at all.
+    gone: bool,
 }
 
 impl Shared {
-    pub(crate) fn new(key: String, gate: Arc<DropGate>) -> Shared {
+    /// The status of a new registration of `key`, counted among the client's
+    /// registrars until [`gone`](Shared::gone).
+    pub(crate) fn new(key: String, gate: Arc<DropGate>, counters: Arc<Counters>) -> Shared {
+        counters.up(Gauge::Registrars);
         Shared {
             key,
             gate,
@@ -129,8 +139,34 @@ impl Shared {
                 lease_id: None,
                 last_error: None,
                 listeners: Vec::new(),
+                counted: false,
+                gone: false,
             }),
             changed: Condvar::new(),
+            counters,
+        }
+    }
+
+    /// The handle was dropped: it leaves the client's gauges.
+    pub(crate) fn gone(&self) {
+        let mut st = self.status.lock();
+        if !st.gone {
+            st.gone = true;
+            self.counters.down(Gauge::Registrars);
+            self.recount(&mut st);
+        }
+    }
+
+    /// Keeps the client's `registered` gauge in line with `st`.
+    fn recount(&self, st: &mut Status) {
+        let now = st.state == RegistrationState::Registered && !st.gone;
+        if now != st.counted {
+            st.counted = now;
+            if now {
+                self.counters.up(Gauge::Registered);
+            } else {
+                self.counters.down(Gauge::Registered);
+            }
         }
     }
 
@@ -152,6 +188,7 @@ impl Shared {
         }
         let changed = st.state != state;
         st.state = state;
+        self.recount(&mut st);
         st.lease_id = lease_id;
         if error.is_some() || state == RegistrationState::Registered {
             st.last_error = error.clone();

@@ -248,6 +248,13 @@ class Client {
     return out;
   }
 
+  /// The client's counters (see etcd_sd_stats). Never blocks.
+  etcd_sd_stats stats() const {
+    etcd_sd_stats out{};
+    detail::check(etcd_sd_client_stats(handle_.get(), &out, sizeof out));
+    return out;
+  }
+
   etcd_sd_client *get() const noexcept { return handle_.get(); }
 
  private:

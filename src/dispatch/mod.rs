@@ -63,6 +63,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::instances::Event;
+use crate::stats::{Counter, Counters};
 
 use panics::{drop_payload, log_quietly, PanicCounter};
 pub(crate) use topic::Topic;
@@ -114,6 +115,8 @@ struct Shared {
     /// Bounds every wait for a running callback (and for the threads' end).
     request_timeout: Duration,
     panics: PanicCounter,
+    /// The client's counters: `events` is kept here.
+    counters: Arc<Counters>,
     /// Taken by the first `shutdown`.
     threads: Mutex<Option<Threads>>,
 }
@@ -128,7 +131,7 @@ struct Threads {
 impl Dispatcher {
     /// Starts both threads. `request_timeout` bounds how long a removal waits
     /// for a running callback, and how long `shutdown` waits for the threads.
-    pub(crate) fn start(request_timeout: Duration) -> Result<Dispatcher> {
+    pub(crate) fn start(request_timeout: Duration, counters: Arc<Counters>) -> Result<Dispatcher> {
         let (tx, rx) = cb::unbounded();
         let (retry_tx, retry_rx) = cb::unbounded();
         // Each thread holds a sender until it ends: `ended` then disconnects.
@@ -150,6 +153,7 @@ impl Dispatcher {
                 dispatch_thread: dispatch.thread().id(),
                 request_timeout,
                 panics: PanicCounter::default(),
+                counters,
                 threads: Mutex::new(Some(Threads {
                     dispatch,
                     retry,
@@ -162,10 +166,13 @@ impl Dispatcher {
     /// Panics caught in user code so far: callback calls and drops of
     /// callback closures (a panic payload whose drop panics again adds
     /// nothing: it is the same panic).
-    // Read by the coming `Client::stats`; until then only by tests.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn callback_panics(&self) -> u64 {
         self.shared.panics.get()
+    }
+
+    /// Counts one more published Event.
+    pub(super) fn published(&self) {
+        self.shared.counters.add(Counter::Events);
     }
 
     /// Wakes the dispatcher for `topic`'s callbacks.
@@ -346,7 +353,7 @@ mod tests {
 
     #[test]
     fn panics_in_calls_and_closure_drops_are_counted_and_others_go_on() {
-        let dispatcher = Dispatcher::start(Duration::from_secs(1)).unwrap();
+        let dispatcher = Dispatcher::start(Duration::from_secs(1), Default::default()).unwrap();
         let topic = Topic::new("t".into(), dispatcher.clone());
         let bad = Box::new(|ev: &Event| {
             if ev.instances.contains("boom") {

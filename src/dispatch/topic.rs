@@ -145,6 +145,7 @@ impl Topic {
             }
             st.current = event;
             st.generation += 1;
+            self.dispatcher.published();
             // Channels are served right here (a `try_send` runs no user
             // code), saving a thread hop; the other threads are woken only
             // for callbacks and for channels that were full.

@@ -4,6 +4,7 @@ use std::ffi::c_char;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::error::ETCD_SD_OK;
 use super::strings::{opt_str_from_c, str_from_c, StringList};
 use super::{
     etcd_sd_status, etcd_sd_strings, ffi_boundary, free_box, invalid_arg, set_boxed_mut_ptr,
@@ -172,5 +173,92 @@ pub extern "C" fn etcd_sd_client_get_entries(
         let client = try_ref!(c);
         let prefix = try_str!(prefix);
         set_boxed_mut_ptr(out, client.get_entries(prefix).map(StringList::new))
+    }
+}
+
+/// A client's counters (`Client::stats` in Rust), as `etcd_sd_client_stats`
+/// fills them. Every field is a `uint64_t`; `connected` is 0 or 1. Fields are
+/// only ever appended, never reordered or removed: pass `sizeof` of the
+/// struct your program was built with, and a newer library fills only that
+/// much.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct etcd_sd_stats {
+    /// 1 when the last call to etcd got an answer, else 0.
+    pub connected: u64,
+    /// Registrars alive on this client.
+    pub registrars: u64,
+    /// Of those, the ones now registered.
+    pub registered: u64,
+    /// Keys written: first registrations and re-registrations.
+    pub registrations: u64,
+    /// Registrations made again after a loss.
+    pub reregistrations: u64,
+    /// Leases found expired or revoked.
+    pub leases_lost: u64,
+    /// Instancers alive.
+    pub instancers: u64,
+    /// Broken watches resumed from their revision.
+    pub watch_resumes: u64,
+    /// Full re-reads of a prefix (compaction, etcd lost its data).
+    pub rereads: u64,
+    /// Events published, one per change of an instancer's state.
+    pub events: u64,
+    /// Panics caught in subscriber callbacks and their drops.
+    pub callback_panics: u64,
+}
+
+impl From<crate::Stats> for etcd_sd_stats {
+    fn from(s: crate::Stats) -> etcd_sd_stats {
+        etcd_sd_stats {
+            connected: u64::from(s.connected),
+            registrars: s.registrars,
+            registered: s.registered,
+            registrations: s.registrations,
+            reregistrations: s.reregistrations,
+            leases_lost: s.leases_lost,
+            instancers: s.instancers,
+            watch_resumes: s.watch_resumes,
+            rereads: s.rereads,
+            events: s.events,
+            callback_panics: s.callback_panics,
+        }
+    }
+}
+
+/// Copies the client's counters into `out`: the first `out_size` bytes of an
+/// `etcd_sd_stats` (the caller's `sizeof(etcd_sd_stats)`; a smaller struct
+/// from an older header gets the fields it knows; an `out_size` of 0 writes
+/// nothing). Never blocks: it reads atomics, even while etcd is stuck.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for a NULL client,
+/// or a NULL `out` with a non-zero `out_size`.
+#[no_mangle]
+pub extern "C" fn etcd_sd_client_stats(
+    c: *const etcd_sd_client,
+    out: *mut etcd_sd_stats,
+    out_size: usize,
+) -> etcd_sd_status {
+    ffi_boundary! {
+        let client = try_ref!(c);
+        if out_size == 0 {
+            return ETCD_SD_OK;
+        }
+        if out.is_null() {
+            return invalid_arg("out", "is NULL with a non-zero out_size");
+        }
+        let stats = etcd_sd_stats::from(client.stats());
+        let n = out_size.min(std::mem::size_of::<etcd_sd_stats>());
+        // SAFETY: `out` is non-NULL and, by the contract above, points at
+        // `out_size` writable bytes; `n` is at most that and at most the size
+        // of `stats`, and the two do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&stats as *const etcd_sd_stats).cast::<u8>(),
+                out.cast::<u8>(),
+                n,
+            );
+        }
+        ETCD_SD_OK
     }
 }

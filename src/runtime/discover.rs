@@ -21,6 +21,7 @@ use crate::name::Name;
 use crate::runtime::etcd::{read_prefix, Ctx};
 use crate::runtime::watch::{self as prefix_watch, End, Position};
 use crate::runtime::Reply;
+use crate::stats::Counter;
 
 const LOG: &str = "etcd_sd::instancer";
 
@@ -222,6 +223,7 @@ impl Task {
                 End::Stopped => return,
                 End::HistoryGone(why) => {
                     log::info!(target: LOG, "{}: {why} (after revision {}); reading again", self.prefix, position.revision);
+                    ctx.counters.add(Counter::Rereads);
                     need_read = true;
                 }
                 End::Broken(e) => {
@@ -269,6 +271,7 @@ impl Task {
             }
             Ok(read) if view.holds(&read.kvs) => {
                 position.checked();
+                ctx.counters.add(Counter::WatchResumes);
                 None
             }
             Ok(_) => Some(End::HistoryGone(

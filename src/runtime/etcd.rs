@@ -9,12 +9,15 @@ use std::time::Duration;
 use crate::error::{closed_during_handshake, from_etcd, Error, ErrorKind, Result};
 use crate::options::ClientOptions;
 use crate::runtime::members::{Answered, Conn, InUse, Members, Request};
+use crate::stats::Counters;
 
 /// What tasks on the runtime thread share: the members and the timeouts.
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub(crate) members: Arc<Members>,
     pub(crate) request_timeout: Duration,
+    /// The client's counters (`Client::stats`).
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// The largest gRPC message we accept from etcd, as etcd's own Go client

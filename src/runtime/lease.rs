@@ -26,6 +26,7 @@ use crate::options::{Service, TtlOption};
 use crate::registration::{Control, RegistrationState, Shared};
 use crate::runtime::etcd::{kv, watch, Ctx};
 use crate::runtime::members::{Conn, InUse};
+use crate::stats::Counter;
 
 const LOG: &str = "etcd_sd::registrar";
 
@@ -104,6 +105,9 @@ impl Task {
         let ttl = self.service.ttl_or_default();
         let mut backoff = Backoff::standard();
         let mut lease: Option<i64> = None;
+        // A registration lost since this task started: the next one made is
+        // a re-registration.
+        let mut lost_before = false;
         loop {
             // Establish: (grant and) put.
             let mut late = None;
@@ -123,6 +127,10 @@ impl Task {
                 }) => {
                     lease = Some(id);
                     backoff.reset();
+                    ctx.counters.add(Counter::Registrations);
+                    if lost_before {
+                        ctx.counters.add(Counter::Reregistrations);
+                    }
                     self.shared
                         .set(Some(self.epoch), RegistrationState::Registered, lease, None);
                     (revision, watch)
@@ -162,11 +170,13 @@ impl Task {
             drop(streams);
             let error = match loss {
                 Loss::Lease(e) => {
+                    ctx.counters.add(Counter::LeasesLost);
                     lease = None;
                     e
                 }
                 Loss::Key(e) | Loss::Silent(e) => e,
             };
+            lost_before = true;
             self.shared
                 .set(Some(self.epoch), RegistrationState::Lost, None, Some(error));
             // The first attempt after a loss goes at once (etcd may well be
@@ -375,7 +385,7 @@ async fn establish(
                         watch,
                     })
                 }
-                Err(e) if is_lease_not_found(&e) => {}
+                Err(e) if is_lease_not_found(&e) => ctx.counters.add(Counter::LeasesLost),
                 Err(e) => return Err(NotEstablished::new(e, Some(id))),
             }
             (watch, grant(ctx, ttl).await)

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::error::{from_etcd, worth_another_member, Error, ErrorKind, Result};
+use crate::stats::Counters;
 
 const LOG: &str = "etcd_sd::members";
 
@@ -69,11 +70,17 @@ pub(crate) struct Members {
     /// (0 before that). With several endpoints, a member that answers for
     /// another is foreign.
     cluster_id: AtomicU64,
+    /// The client's counters: `connected` is kept here.
+    counters: Arc<Counters>,
 }
 
 impl Members {
     /// Members for `endpoints` (normalised URLs); nothing is dialled yet.
-    pub(crate) fn new(endpoints: &[String], connect: etcd_client::ConnectOptions) -> Members {
+    pub(crate) fn new(
+        endpoints: &[String],
+        connect: etcd_client::ConnectOptions,
+        counters: Arc<Counters>,
+    ) -> Members {
         let members = endpoints
             .iter()
             .map(|e| Member {
@@ -90,6 +97,7 @@ impl Members {
             preferred: AtomicUsize::new(0),
             connect,
             cluster_id: AtomicU64::new(0),
+            counters,
         }
     }
 
@@ -188,6 +196,7 @@ impl Members {
 
     /// Member `i` answered: prefer it.
     fn answered(&self, i: usize) {
+        self.counters.set_connected(true);
         if self.members[i].suspect.swap(false, Ordering::Relaxed) && self.members.len() > 1 {
             log::info!(target: LOG, "member {} answers again", self.members[i].endpoint);
         }
@@ -263,6 +272,7 @@ impl Members {
             }
             if attempts.is_empty() {
                 // Every member failed with an error worth trying another for.
+                self.counters.set_connected(false);
                 return Err(last_error.unwrap_or_else(|| Error::timeout(what)));
             }
             let more = next < order.len();
@@ -302,6 +312,7 @@ impl Members {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
+                    self.counters.set_connected(false);
                     for &i in &running {
                         self.suspect(i, &format_args!("no answer to {what} within {bound:?}"));
                     }
@@ -384,6 +395,7 @@ impl Members {
     /// A probe answered: a suspect member is back (but not preferred: the
     /// streams stay where they are).
     fn answered_probe(&self, i: usize) {
+        self.counters.set_connected(true);
         if self.members[i].suspect.swap(false, Ordering::Relaxed) && self.members.len() > 1 {
             log::info!(target: LOG, "member {} answers again", self.members[i].endpoint);
         }
@@ -493,7 +505,7 @@ mod tests {
         let eps: Vec<String> = (0..n)
             .map(|i| format!("http://127.0.0.1:{}", 1 + i))
             .collect();
-        Members::new(&eps, etcd_client::ConnectOptions::new())
+        Members::new(&eps, etcd_client::ConnectOptions::new(), Default::default())
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::ClientOptions;
 use crate::registration::DropGate;
+use crate::stats::Counters;
 use etcd::{connect_and_check, connect_options, get_entries, kv, Ctx};
 use members::{Conn, Members};
 
@@ -68,6 +69,8 @@ pub(crate) struct Core {
     pub(crate) options: ClientOptions,
     pub(crate) endpoints: Vec<String>,
     pub(crate) drop_gate: std::sync::Arc<DropGate>,
+    /// The client's counters (`Client::stats`).
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Core {
@@ -85,7 +88,8 @@ impl Core {
     pub(crate) fn start(endpoints: Vec<String>, options: ClientOptions) -> Result<Core> {
         let connect = connect_options(&options)?;
         let dial_timeout = options.effective_dial_timeout();
-        let dispatcher = Dispatcher::start(options.effective_request_timeout())?;
+        let counters = Arc::new(Counters::default());
+        let dispatcher = Dispatcher::start(options.effective_request_timeout(), counters.clone())?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (started_tx, started_rx) = cb::bounded::<Result<()>>(1);
         let startup = Startup {
@@ -94,6 +98,7 @@ impl Core {
             request_timeout: options.effective_request_timeout(),
             dial_timeout,
             tls: options.uses_tls(),
+            counters: counters.clone(),
         };
         let handle = thread::Builder::new()
             .name("etcd-sd-runtime".into())
@@ -110,6 +115,7 @@ impl Core {
             options,
             endpoints,
             drop_gate: Default::default(),
+            counters,
         };
         // The runtime bounds the dial itself; the margin covers thread start-up.
         match started_rx.recv_timeout(dial_timeout.saturating_add(Duration::from_secs(2))) {
@@ -242,6 +248,7 @@ struct Startup {
     request_timeout: Duration,
     dial_timeout: Duration,
     tls: bool,
+    counters: Arc<Counters>,
 }
 
 fn run_runtime(
@@ -255,6 +262,7 @@ fn run_runtime(
         request_timeout,
         dial_timeout,
         tls,
+        counters,
     } = startup;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -273,7 +281,7 @@ fn run_runtime(
         }
     };
     rt.block_on(async move {
-        let members = Arc::new(Members::new(&endpoints, connect));
+        let members = Arc::new(Members::new(&endpoints, connect, counters.clone()));
         if let Err(e) = connect_and_check(&members, &endpoints, dial_timeout, tls).await {
             let _ = started.send(Err(e));
             return;
@@ -282,6 +290,7 @@ fn run_runtime(
         let ctx = Ctx {
             members,
             request_timeout,
+            counters,
         };
         if started.send(Ok(())).is_err() {
             return; // the caller gave up waiting
