@@ -16,7 +16,7 @@ use crate::stats::Counters;
 pub(crate) struct Ctx {
     pub(crate) members: Arc<Members>,
     pub(crate) request_timeout: Duration,
-    /// The client's counters (`Client::stats`).
+    /// The client's counters (what `stats()` reads).
     pub(crate) counters: Arc<Counters>,
 }
 

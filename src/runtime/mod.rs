@@ -69,7 +69,7 @@ pub(crate) struct Core {
     pub(crate) options: ClientOptions,
     pub(crate) endpoints: Vec<String>,
     pub(crate) drop_gate: std::sync::Arc<DropGate>,
-    /// The client's counters (`Client::stats`).
+    /// The client's counters (what `stats()` reads).
     pub(crate) counters: Arc<Counters>,
 }
 
