@@ -66,6 +66,15 @@ struct Running {
 
 impl Running {
     fn spawn(cmd: &mut Command) -> Running {
+        Running::spawn_reading(cmd, false)
+    }
+
+    /// As `spawn`, with stderr's lines mixed into the ones read.
+    fn spawn_with_stderr(cmd: &mut Command) -> Running {
+        Running::spawn_reading(cmd, true)
+    }
+
+    fn spawn_reading(cmd: &mut Command, stderr_too: bool) -> Running {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -73,6 +82,18 @@ impl Running {
             .expect("run etcd-sd");
         let out = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
+        if stderr_too {
+            let err = child.stderr.take().unwrap();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
@@ -289,6 +310,35 @@ fn watch_prints_text_with_timestamps() {
     assert_eq!(instance, "  x");
     watch.signal("TERM");
     assert_eq!(watch.wait(Duration::from_secs(15)).0, Some(0));
+}
+
+#[test]
+fn watch_stats_prints_the_counters_to_stderr() {
+    let etcd = EtcdServer::start();
+    let p = unique_prefix("cli-watch-stats");
+    etcd.put(&format!("{p}1"), "x");
+    for json in [false, true] {
+        let mut args = vec!["watch", p.as_str(), "--stats"];
+        if json {
+            args.push("--json");
+        }
+        let mut watch = Running::spawn_with_stderr(at(&etcd).args(&args));
+        let line = if json {
+            watch.expect_line("\"stats\":{", Duration::from_secs(20))
+        } else {
+            watch.expect_line("  stats ", Duration::from_secs(20))
+        };
+        // One Instancer, its first Event published, etcd answering.
+        for field in if json {
+            ["\"connected\":true", "\"instancers\":1", "\"events\":1"]
+        } else {
+            ["connected=1", "instancers=1", "events=1"]
+        } {
+            assert!(line.contains(field), "{field} missing: {line}");
+        }
+        watch.signal("TERM");
+        assert_eq!(watch.wait(Duration::from_secs(15)).0, Some(0));
+    }
 }
 
 #[test]

@@ -72,7 +72,11 @@ fn main() -> ExitCode {
             ttl,
             heartbeat,
         } => commands::register(&cli.connection, key, value, *ttl, *heartbeat),
-        Command::Watch { prefix, json } => commands::watch(&cli.connection, prefix, *json),
+        Command::Watch {
+            prefix,
+            json,
+            stats,
+        } => commands::watch(&cli.connection, prefix, *json, *stats),
         Command::List { prefix, json } => commands::list(&cli.connection, prefix, *json),
         Command::Pick {
             prefix,

@@ -109,6 +109,10 @@ pub enum Command {
         /// One JSON object per line: {"time":..., "instances":[...], "error":...}
         #[arg(long)]
         json: bool,
+        /// Also print the client's counters to stderr every 5 seconds (one
+        /// JSON object per line with --json)
+        #[arg(long)]
+        stats: bool,
     },
     /// Print the values under PREFIX, one per line (escaped, see `etcd-sd --help`),
     /// in key order

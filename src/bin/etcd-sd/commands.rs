@@ -184,19 +184,28 @@ fn print_state(ev: &RegistrationEvent) -> Result<(), Failure> {
     output::line(line.trim_end())
 }
 
+/// How often `watch --stats` prints the counters.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `watch PREFIX`: every event until interrupted.
-pub fn watch(c: &Connection, prefix: &str, json: bool) -> Result<(), Failure> {
+pub fn watch(c: &Connection, prefix: &str, json: bool, stats: bool) -> Result<(), Failure> {
     let client = connect(c)?;
     let stop = interrupts()?;
     let instancer = Instancer::new(&client, prefix)
         .map_err(|e| Failure::from_error(&format!("cannot watch {prefix}"), &e))?;
     let updates = instancer.subscribe();
+    let ticks = if stats {
+        crossbeam_channel::tick(STATS_EVERY)
+    } else {
+        crossbeam_channel::never()
+    };
     loop {
         select! {
             recv(updates) -> ev => match ev {
                 Ok(ev) => output::lines(output::event_lines(&output::now(), &ev, json))?,
                 Err(_) => break,
             },
+            recv(ticks) -> _ => output::stats_line(&output::now(), &client.stats(), json),
             recv(stop) -> _ => break,
         }
     }

@@ -160,6 +160,43 @@ fn event_json(time: &str, event: &Event) -> String {
     )
 }
 
+/// The client's counters on one line of stderr: `TIME stats name=value ...`,
+/// or one JSON object with `--json`. A closed stderr is ignored.
+pub fn stats_line(time: &str, s: &etcd_sd::Stats, json: bool) {
+    let fields = [
+        ("connected", u64::from(s.connected)),
+        ("registrars", s.registrars),
+        ("registered", s.registered),
+        ("registrations", s.registrations),
+        ("reregistrations", s.reregistrations),
+        ("leases_lost", s.leases_lost),
+        ("instancers", s.instancers),
+        ("watch_resumes", s.watch_resumes),
+        ("rereads", s.rereads),
+        ("events", s.events),
+        ("callback_panics", s.callback_panics),
+    ];
+    let line = if json {
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| match *k {
+                "connected" => format!("\"{k}\":{}", *v == 1),
+                _ => format!("\"{k}\":{v}"),
+            })
+            .collect();
+        format!(
+            "{{\"time\":{},\"stats\":{{{}}}}}",
+            json_string(time),
+            body.join(",")
+        )
+    } else {
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{time}  stats {}", body.join(" "))
+    };
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
