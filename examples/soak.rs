@@ -288,13 +288,55 @@ fn main() {
     drainer.join().expect("drain thread");
     report("final", restarts);
     let n_active = active.iter().filter(|a| a.load(Ordering::Relaxed)).count();
+    // The client's own counters, checked against what the soak did.
+    let counters = client.stats();
+    println!("client.stats(): {counters:?}");
+    let mut counter_problems = Vec::new();
+    if counters.registrars != n_regs as u64 {
+        counter_problems.push(format!("registrars {} != {n_regs}", counters.registrars));
+    }
+    if counters.registered != n_active as u64 {
+        counter_problems.push(format!(
+            "registered {} != {n_active} active",
+            counters.registered
+        ));
+    }
+    if counters.instancers != n_insts as u64 {
+        counter_problems.push(format!("instancers {} != {n_insts}", counters.instancers));
+    }
+    if counters.registrations < n_regs as u64 {
+        counter_problems.push(format!(
+            "registrations {} < {n_regs}",
+            counters.registrations
+        ));
+    }
+    if counters.callback_panics != 0 {
+        counter_problems.push(format!("{} callback panics", counters.callback_panics));
+    }
+    if counters.events < n_insts as u64 {
+        counter_problems.push(format!(
+            "events {} fewer than the {n_insts} instancers' first Events",
+            counters.events
+        ));
+    }
+    if restarts > 0 && counters.watch_resumes + counters.rereads == 0 {
+        counter_problems.push(format!(
+            "{restarts} etcd restarts but no watch resumed or re-read"
+        ));
+    }
+    let ok = ok && counter_problems.is_empty();
+    if !counter_problems.is_empty() {
+        println!("soak FAILED: counters disagree with the run: {counter_problems:?}");
+    }
     if ok {
         println!(
             "soak PASSED: converged {:?} after churn stopped; {n_active} active registrations all in etcd on their leases; {n_insts} instancers equal etcd; baseline threads {baseline_threads}",
             t.elapsed()
         );
     } else {
-        println!("soak FAILED: not converged within 90 s: {last}");
+        if counter_problems.is_empty() {
+            println!("soak FAILED: not converged within 90 s: {last}");
+        }
     }
     drop(insts);
     drop(regs);
