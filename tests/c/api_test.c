@@ -860,6 +860,76 @@ typedef struct test_case {
   void (*fn)(void);
 } test_case;
 
+/* ---------------------------------------------------------------- stats */
+
+static int no_registrars(void *arg) {
+  etcd_sd_stats st;
+  if (etcd_sd_client_stats((const etcd_sd_client *)arg, &st, sizeof st) != ETCD_SD_OK) return 0;
+  return st.registrars == 0 && st.registered == 0;
+}
+
+static void test_stats(void) {
+  etcd_sd_client *c = NULL;
+  CHECK_OK(connect_client(&c));
+  etcd_sd_stats st;
+  memset(&st, 0xAB, sizeof st);
+  CHECK_STATUS(etcd_sd_client_stats(NULL, &st, sizeof st), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(etcd_sd_client_stats(NULL, NULL, 0), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(etcd_sd_client_stats(c, NULL, sizeof st), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK(st.connected == 0xABABABABABABABABull); /* failures write nothing */
+
+  /* A fresh client: connected, nothing else. */
+  CHECK_OK(etcd_sd_client_stats(c, &st, sizeof st));
+  CHECK(st.connected == 1);
+  CHECK(st.registrars == 0 && st.registered == 0 && st.registrations == 0);
+  CHECK(st.reregistrations == 0 && st.leases_lost == 0 && st.instancers == 0);
+  CHECK(st.watch_resumes == 0 && st.rereads == 0 && st.events == 0);
+  CHECK(st.callback_panics == 0);
+
+  /* out_size 0 writes nothing (a NULL out is fine then). */
+  memset(&st, 0xCD, sizeof st);
+  CHECK_OK(etcd_sd_client_stats(c, &st, 0));
+  CHECK(st.connected == 0xCDCDCDCDCDCDCDCDull && st.callback_panics == 0xCDCDCDCDCDCDCDCDull);
+  CHECK_OK(etcd_sd_client_stats(c, NULL, 0));
+
+  char p[160];
+  prefix_for(p, sizeof p, "stats");
+  etcd_sd_registrar *r = put(c, p, "svc", "svc:1");
+  CHECK(r != NULL);
+  CHECK_OK(etcd_sd_client_stats(c, &st, sizeof st));
+  CHECK(st.connected == 1);
+  CHECK(st.registrars == 1 && st.registered == 1 && st.registrations == 1);
+  CHECK(st.reregistrations == 0 && st.leases_lost == 0);
+
+  /* An older caller, whose struct has only the first three fields: exactly
+     those bytes are written, the canary after them is untouched. */
+  struct older_caller {
+    struct {
+      uint64_t connected;
+      uint64_t registrars;
+      uint64_t registered;
+    } s;
+    uint64_t canary[8];
+  } old;
+  memset(&old, 0xEE, sizeof old);
+  CHECK_OK(etcd_sd_client_stats(c, (etcd_sd_stats *)(void *)&old.s, sizeof old.s));
+  CHECK(old.s.connected == 1 && old.s.registrars == 1 && old.s.registered == 1);
+  for (size_t i = 0; i < sizeof old.canary / sizeof old.canary[0]; i++) {
+    CHECK(old.canary[i] == 0xEEEEEEEEEEEEEEEEull);
+  }
+  /* Not a whole number of fields: only those bytes. */
+  unsigned char bytes[sizeof(etcd_sd_stats) + 16];
+  memset(bytes, 0x77, sizeof bytes);
+  CHECK_OK(etcd_sd_client_stats(c, (etcd_sd_stats *)(void *)bytes, 5));
+  for (size_t i = 5; i < sizeof bytes; i++) CHECK(bytes[i] == 0x77);
+
+  etcd_sd_registrar_free(r);
+  CHECK(wait_for(no_registrars, c, 5000));
+  CHECK_OK(etcd_sd_client_stats(c, &st, sizeof st));
+  CHECK(st.registrations == 1); /* counters do not go down */
+  etcd_sd_client_free(c);
+}
+
 int main(void) {
   g_endpoint = getenv("ETCD_SD_TEST_ENDPOINT");
   if (!g_endpoint || !*g_endpoint) {
@@ -886,6 +956,7 @@ int main(void) {
       {"balancers", test_balancers},
       {"retry", test_retry},
       {"handles_from_many_threads", test_handles_from_many_threads},
+      {"stats", test_stats},
   };
   const char *only = getenv("ETCD_SD_TEST_ONLY");
   int passed = 0, failed = 0;

@@ -285,6 +285,17 @@ void test_balancer_and_retry() {
 
 }  // namespace
 
+void test_stats() {
+  etcd_sd::Client c = connect();
+  etcd_sd_stats s = c.stats();
+  CHECK(s.connected == 1);
+  CHECK(s.registrars == 0 && s.registrations == 0 && s.instancers == 0 && s.events == 0);
+  etcd_sd::Registrar r(c, prefix("stats") + "a", "value-a", 1s, 5s);
+  r.register_service();
+  s = c.stats();
+  CHECK(s.registrars == 1 && s.registered == 1 && s.registrations == 1);
+}
+
 int main() {
   const char *ep = std::getenv("ETCD_SD_TEST_ENDPOINT");
   if (!ep || !*ep) {
@@ -303,6 +314,7 @@ int main() {
       {"callbacks", test_callbacks},
       {"subscription", test_subscription},
       {"balancer_and_retry", test_balancer_and_retry},
+      {"stats", test_stats},
   };
   int passed = 0, failed = 0;
   for (auto &t : tests) {
