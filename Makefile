@@ -29,11 +29,13 @@ lint:
 	scripts/check-layout.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --features cli -- -D warnings
+	$(CARGO) clippy --all-targets --features cli,metrics -- -D warnings
 
 ## Unit tests, doc tests and integration tests against etcd 3.4 (Debian).
 test-rust:
 	$(CARGO) test --all-targets --features cli
 	$(CARGO) test --doc --features cli
+	$(CARGO) test --features metrics --lib --test metrics
 
 ## The integration suites again, against etcd 3.5.
 test-etcd35: deps
@@ -41,7 +43,7 @@ test-etcd35: deps
 
 ## The API docs, with every rustdoc warning (e.g. a broken intra-doc link) an error.
 doc:
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features cli
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features cli,metrics
 
 ## What `cargo package` would ship, and a dry run of `cargo publish` (which
 ## builds the packaged crate). Needs crates.io; not part of `make test`.

@@ -75,12 +75,84 @@ pub(crate) enum Counter {
     Events,
 }
 
+impl Counter {
+    /// Its name with feature `metrics` (Prometheus style).
+    fn metric(self) -> &'static str {
+        match self {
+            Counter::Registrations => "etcd_sd_registrations_total",
+            Counter::Reregistrations => "etcd_sd_reregistrations_total",
+            Counter::LeasesLost => "etcd_sd_leases_lost_total",
+            Counter::WatchResumes => "etcd_sd_watch_resumes_total",
+            Counter::Rereads => "etcd_sd_rereads_total",
+            Counter::Events => "etcd_sd_events_total",
+        }
+    }
+}
+
 /// One of the gauges, for [`Counters::up`] and [`Counters::down`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Gauge {
     Registrars,
     Registered,
     Instancers,
+}
+
+impl Gauge {
+    /// Its name with feature `metrics`.
+    fn metric(self) -> &'static str {
+        match self {
+            Gauge::Registrars => "etcd_sd_registrars",
+            Gauge::Registered => "etcd_sd_registered",
+            Gauge::Instancers => "etcd_sd_instancers",
+        }
+    }
+}
+
+/// A panic caught in a subscriber callback or its drop (the delivery
+/// threads count these themselves; this publishes it with feature
+/// `metrics`).
+pub(crate) fn callback_panicked() {
+    export::counter("etcd_sd_callback_panics_total");
+}
+
+/// How long an Instancer took from a watch response's arrival to publishing
+/// the Event it made (feature `metrics`: histogram
+/// `etcd_sd_event_delay_seconds`, labelled by prefix).
+pub(crate) fn event_delay(prefix: &str, delay: std::time::Duration) {
+    export::histogram("etcd_sd_event_delay_seconds", prefix, delay);
+}
+
+/// The `metrics` facade, with feature `metrics`; nothing without it (and
+/// the `metrics` crate is then not compiled).
+#[cfg(feature = "metrics")]
+mod export {
+    pub(super) fn counter(name: &'static str) {
+        metrics::counter!(name).increment(1);
+    }
+
+    pub(super) fn gauge(name: &'static str, delta: f64) {
+        if delta >= 0.0 {
+            metrics::gauge!(name).increment(delta);
+        } else {
+            metrics::gauge!(name).decrement(-delta);
+        }
+    }
+
+    pub(super) fn connected(answered: bool) {
+        metrics::gauge!("etcd_sd_connected").set(if answered { 1.0 } else { 0.0 });
+    }
+
+    pub(super) fn histogram(name: &'static str, prefix: &str, delay: std::time::Duration) {
+        metrics::histogram!(name, "prefix" => prefix.to_owned()).record(delay.as_secs_f64());
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod export {
+    pub(super) fn counter(_: &'static str) {}
+    pub(super) fn gauge(_: &'static str, _: f64) {}
+    pub(super) fn connected(_: bool) {}
+    pub(super) fn histogram(_: &'static str, _: &str, _: std::time::Duration) {}
 }
 
 impl Counters {
@@ -106,23 +178,30 @@ impl Counters {
     /// Counts one more `c`.
     pub(crate) fn add(&self, c: Counter) {
         self.counter(c).fetch_add(1, Ordering::Relaxed);
+        export::counter(c.metric());
     }
 
     /// One more `g`.
     pub(crate) fn up(&self, g: Gauge) {
         self.gauge(g).fetch_add(1, Ordering::Relaxed);
+        export::gauge(g.metric(), 1.0);
     }
 
     /// One `g` fewer (never below zero).
     pub(crate) fn down(&self, g: Gauge) {
-        let _ = self
+        if self
             .gauge(g)
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
+            .is_ok()
+        {
+            export::gauge(g.metric(), -1.0);
+        }
     }
 
     /// Whether the last call to etcd got an answer.
     pub(crate) fn set_connected(&self, answered: bool) {
         self.connected.store(answered, Ordering::Relaxed);
+        export::connected(answered);
     }
 
     /// The counters now, with the panics counted by the delivery threads.

@@ -22,6 +22,7 @@ impl PanicCounter {
     /// its payload without letting that drop unwind.
     pub(super) fn caught(&self, topic: &str, what: &str, payload: Box<dyn Any + Send>) {
         self.0.fetch_add(1, Ordering::Relaxed);
+        crate::stats::callback_panicked();
         let text = payload_text(payload.as_ref());
         log_quietly(|| log::error!(target: LOG, "{topic}: {what} panicked: {text}"));
         drop_payload(payload, true);

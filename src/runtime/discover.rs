@@ -21,7 +21,7 @@ use crate::name::Name;
 use crate::runtime::etcd::{read_prefix, Ctx};
 use crate::runtime::watch::{self as prefix_watch, End, Position};
 use crate::runtime::Reply;
-use crate::stats::Counter;
+use crate::stats::{self, Counter};
 
 const LOG: &str = "etcd_sd::instancer";
 
@@ -321,6 +321,7 @@ impl Task {
         let prefix = &self.prefix;
         let topic = &self.topic;
         let session = prefix_watch::session(ctx, prefix, position, |resp| {
+            let arrived = std::time::Instant::now();
             if resp.created() {
                 *established = true;
                 backoff.reset();
@@ -350,6 +351,7 @@ impl Task {
                     instances: snapshot.clone(),
                     err: None,
                 });
+                stats::event_delay(prefix, arrived.elapsed());
             }
             ControlFlow::Continue(())
         });
