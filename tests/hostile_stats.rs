@@ -10,7 +10,12 @@ use etcd_sd::{Client, Instancer, Registrar, RegistrationState, Service, Stats};
 use support::api::*;
 use support::{ms, secs, unique_prefix, wait_until, EtcdServer};
 
-fn wait_stats(client: &Client, timeout: Duration, what: &str, pred: impl Fn(&Stats) -> bool) -> Stats {
+fn wait_stats(
+    client: &Client,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&Stats) -> bool,
+) -> Stats {
     let mut last = client.stats();
     let ok = wait_until(timeout, || {
         last = client.stats();
@@ -25,7 +30,10 @@ fn hostile_register_twice_counts_once_and_again_after_deregister() {
     let etcd = EtcdServer::start();
     let client = connect(&etcd);
     let p = unique_prefix("hs-twice");
-    let reg = Registrar::new(&client, Service::new(format!("{p}a"), "a:1").with_ttl(short_ttl()));
+    let reg = Registrar::new(
+        &client,
+        Service::new(format!("{p}a"), "a:1").with_ttl(short_ttl()),
+    );
     reg.register().unwrap();
     reg.register().unwrap();
     let s = client.stats();
@@ -38,9 +46,19 @@ fn hostile_register_twice_counts_once_and_again_after_deregister() {
     reg.register().unwrap();
     let s = client.stats();
     eprintln!("again: {s:?}");
-    assert_eq!((s.registrars, s.registered, s.registrations, s.reregistrations), (1, 1, 2, 0));
+    assert_eq!(
+        (
+            s.registrars,
+            s.registered,
+            s.registrations,
+            s.reregistrations
+        ),
+        (1, 1, 2, 0)
+    );
     drop(reg);
-    let s = wait_stats(&client, secs(5), "dropped", |s| s.registrars == 0 && s.registered == 0);
+    let s = wait_stats(&client, secs(5), "dropped", |s| {
+        s.registrars == 0 && s.registered == 0
+    });
     eprintln!("dropped: {s:?}");
 }
 
@@ -50,8 +68,12 @@ fn hostile_client_register_replacing_a_key() {
     let client = connect(&etcd);
     let p = unique_prefix("hs-replace");
     let k = format!("{p}b");
-    client.register(&Service::new(&k, "b:1").with_ttl(short_ttl())).unwrap();
-    client.register(&Service::new(&k, "b:2").with_ttl(short_ttl())).unwrap();
+    client
+        .register(&Service::new(&k, "b:1").with_ttl(short_ttl()))
+        .unwrap();
+    client
+        .register(&Service::new(&k, "b:2").with_ttl(short_ttl()))
+        .unwrap();
     let s = wait_stats(&client, secs(5), "replaced", |s| s.registrars == 1);
     eprintln!("replaced: {s:?}");
     assert_eq!((s.registrars, s.registered, s.registrations), (1, 1, 2));
@@ -66,7 +88,9 @@ fn hostile_client_register_replacing_a_key() {
     eprintln!("after refused replace: {s:?}");
     assert_eq!((s.registrars, s.registered), (1, 1));
     client.deregister(&Service::new(&k, "")).unwrap();
-    let s = wait_stats(&client, secs(5), "all gone", |s| s.registrars == 0 && s.registered == 0);
+    let s = wait_stats(&client, secs(5), "all gone", |s| {
+        s.registrars == 0 && s.registered == 0
+    });
     eprintln!("gone: {s:?}");
 }
 
@@ -82,7 +106,10 @@ fn hostile_refused_for_good_leaves_no_gauge_up() {
     eprintln!("Client::register refused: {s:?}");
     assert_eq!((s.registrars, s.registered, s.registrations), (0, 0, 0));
     {
-        let reg = Registrar::new(&client, Service::new(format!("{p}d"), big).with_ttl(short_ttl()));
+        let reg = Registrar::new(
+            &client,
+            Service::new(format!("{p}d"), big).with_ttl(short_ttl()),
+        );
         assert!(reg.register().is_err());
         assert!(reg.register().is_err());
         let s = client.stats();
@@ -104,7 +131,12 @@ fn hostile_registrar_dropped_while_etcd_down_and_lost() {
     etcd.kill();
     // Wait (bounded) for at least one to be seen lost.
     let lost = wait_until(secs(8), || a.state() != RegistrationState::Registered);
-    eprintln!("a lost: {lost}, a {:?}, b {:?}, stats {:?}", a.state(), b.state(), client.stats());
+    eprintln!(
+        "a lost: {lost}, a {:?}, b {:?}, stats {:?}",
+        a.state(),
+        b.state(),
+        client.stats()
+    );
     let s = client.stats();
     if a.state() != RegistrationState::Registered && b.state() != RegistrationState::Registered {
         assert_eq!(s.registered, 0, "registered while both are {:?}", a.state());
@@ -113,7 +145,9 @@ fn hostile_registrar_dropped_while_etcd_down_and_lost() {
     drop(a);
     drop(b);
     eprintln!("drops took {:?}", t0.elapsed());
-    let s = wait_stats(&client, secs(5), "dropped while down", |s| s.registrars == 0 && s.registered == 0);
+    let s = wait_stats(&client, secs(5), "dropped while down", |s| {
+        s.registrars == 0 && s.registered == 0
+    });
     eprintln!("after drops, down: {s:?}");
     // connected goes false after a failed call
     let _ = client.get_entries(&p);
@@ -198,7 +232,10 @@ fn hostile_events_match_callback_calls_through_an_outage() {
     etcd.kill();
     std::thread::sleep(secs(3));
     let errs = drain(&rx, ms(300));
-    eprintln!("during outage rx got: {:?}", errs.iter().map(describe).collect::<Vec<_>>());
+    eprintln!(
+        "during outage rx got: {:?}",
+        errs.iter().map(describe).collect::<Vec<_>>()
+    );
     etcd.restart();
     etcd.put(&format!("{p}b"), "b:1");
     let _ = recv_until(&rx, secs(10), |e| instances(e).len() == 2);
@@ -208,8 +245,15 @@ fn hostile_events_match_callback_calls_through_an_outage() {
     eprintln!("after outage: {s:?}; callback calls since base {cb}");
     // Two instancers see the same changes: events since base should be even-ish
     // and at least 2*callback calls of inst2 (callbacks may coalesce).
-    assert!(s.events - base >= cb, "events {} < callback calls {cb}", s.events - base);
-    assert!(s.watch_resumes >= 1 || s.rereads >= 1, "no resume counted: {s:?}");
+    assert!(
+        s.events - base >= cb,
+        "events {} < callback calls {cb}",
+        s.events - base
+    );
+    assert!(
+        s.watch_resumes >= 1 || s.rereads >= 1,
+        "no resume counted: {s:?}"
+    );
 }
 
 #[test]
@@ -284,10 +328,15 @@ fn hostile_callback_panicking_drop_is_counted_once() {
     assert!(wait_until(secs(5), || called.load(Ordering::SeqCst) >= 1));
     assert_eq!(client.stats().callback_panics, 0);
     inst.remove_callback(id);
-    let s = wait_stats(&client, secs(5), "drop panic counted", |s| s.callback_panics >= 1);
+    let s = wait_stats(&client, secs(5), "drop panic counted", |s| {
+        s.callback_panics >= 1
+    });
     std::thread::sleep(ms(300));
     let s2 = client.stats();
-    eprintln!("after panicking drop: {s:?} then {s2:?}, drops {}", drops.load(Ordering::SeqCst));
+    eprintln!(
+        "after panicking drop: {s:?} then {s2:?}, drops {}",
+        drops.load(Ordering::SeqCst)
+    );
     assert_eq!(s2.callback_panics, 1);
     // A callback that panics AND whose drop panics: 2 panics.
     let guard = PanicOnDrop(drops.clone());
@@ -330,14 +379,19 @@ fn hostile_lost_lease_gauge_tracks_state() {
         assert!(ok, "round {round}: not recovered; {:?}", client.stats());
     }
     let s = client.stats();
-    eprintln!("after 3 revokes: {s:?}; mismatches {mismatches}; events {:?}", drain_states(&events));
+    eprintln!(
+        "after 3 revokes: {s:?}; mismatches {mismatches}; events {:?}",
+        drain_states(&events)
+    );
     assert_eq!(s.leases_lost, 3);
     assert_eq!(s.reregistrations, 3);
     assert_eq!(s.registrations, 4);
     assert_eq!(mismatches, 0);
 }
 
-fn drain_states(rx: &etcd_sd::channel::Receiver<etcd_sd::RegistrationEvent>) -> Vec<RegistrationState> {
+fn drain_states(
+    rx: &etcd_sd::channel::Receiver<etcd_sd::RegistrationEvent>,
+) -> Vec<RegistrationState> {
     let mut v = Vec::new();
     while let Ok(e) = rx.try_recv() {
         v.push(e.state);
