@@ -425,6 +425,15 @@ fn c_scenario_etcd_outage() {
     run_scenario("outage", &mut etcd, &[]);
 }
 
+/// A C host keeps SIGPIPE's default action; the library's writes to a
+/// socket that etcd reset (HTTP/2 uses `writev`, which raises SIGPIPE) must
+/// not kill it. CI once lost `c_scenario_etcd_outage` that way.
+#[test]
+fn c_scenario_sigpipe_on_the_runtime_thread_does_not_kill_the_host() {
+    let mut etcd = EtcdServer::start();
+    run_scenario("sigpipe", &mut etcd, &[]);
+}
+
 #[test]
 fn c_scenario_authentication() {
     let password = "c-root-pw-7Jd2";

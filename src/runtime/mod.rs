@@ -21,6 +21,7 @@ pub(crate) mod etcd;
 pub(crate) mod lease;
 pub(crate) mod members;
 pub(crate) mod notify;
+mod sigpipe;
 pub(crate) mod watch;
 
 use std::sync::Arc;
@@ -264,10 +265,12 @@ fn run_runtime(
         tls,
         counters,
     } = startup;
+    sigpipe::block_on_this_thread();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(1)
         .thread_name("etcd-sd-blocking")
+        .on_thread_start(sigpipe::block_on_this_thread)
         .build()
     {
         Ok(rt) => rt,

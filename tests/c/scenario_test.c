@@ -8,13 +8,23 @@
  *                          instances, then a fresh event once etcd is back.
  *   scenario_test auth     etcd has authentication enabled: a wrong password
  *                          is ETCD_SD_ERR_AUTH, the right one works.
+ *   scenario_test sigpipe  a C host keeps SIGPIPE's default action (terminate);
+ *                          SIGPIPE raised on the library's runtime thread (as a
+ *                          write to a socket etcd reset raises it) must not
+ *                          kill the host.
  *
  * Protocol: the program prints "WAIT <what>" and reads one line from stdin
  * once the driver has done <what>. Environment: ETCD_SD_TEST_ENDPOINT,
  * ETCD_SD_TEST_PREFIX, and for auth ETCD_SD_TEST_USER / ETCD_SD_TEST_PASSWORD.
  * Prints "N passed, N failed" at the end.
  */
+#define _GNU_SOURCE /* syscall(SYS_tgkill, ...) */
 #include "test_util.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static const char *g_endpoint;
 static const char *g_prefix;
@@ -198,11 +208,64 @@ static void test_auth(void) {
   etcd_sd_client_free(c);
 }
 
+/* Sends SIGPIPE to each thread of this process whose name starts with
+   `name` (from /proc/self/task/TID/comm); returns how many. */
+static int sigpipe_threads_named(const char *name) {
+  DIR *d = opendir("/proc/self/task");
+  if (!d) return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    char path[300], comm[64] = {0};
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    if (fgets(comm, sizeof comm, f) && strncmp(comm, name, strlen(name)) == 0) {
+      if (syscall(SYS_tgkill, (long)getpid(), atol(e->d_name), SIGPIPE) == 0) n++;
+    }
+    fclose(f);
+  }
+  closedir(d);
+  return n;
+}
+
+static void test_sigpipe(void) {
+  signal(SIGPIPE, SIG_DFL); /* what a C program has unless it says otherwise */
+  const char *eps[1];
+  eps[0] = g_endpoint;
+  etcd_sd_client_options o;
+  etcd_sd_client_options_init(&o);
+  etcd_sd_client *c = NULL;
+  CHECK_OK(etcd_sd_client_new(eps, 1, &o, &c));
+  char key[200];
+  snprintf(key, sizeof key, "%spiped", g_prefix);
+  etcd_sd_registrar *r = NULL;
+  CHECK_OK(etcd_sd_registrar_new(c, key, "piped", 1, 0, &r));
+  CHECK_OK(etcd_sd_registrar_register(r));
+  etcd_sd_instancer *i = NULL;
+  CHECK_OK(etcd_sd_instancer_new(c, g_prefix, &i));
+
+  /* The runtime thread is the one that writes to etcd's sockets. */
+  CHECK(sigpipe_threads_named("etcd-sd-runtime") == 1);
+
+  /* Still alive, and the library still works after it. */
+  struct timespec pause = {0, 200 * 1000 * 1000};
+  nanosleep(&pause, NULL);
+  etcd_sd_strings *s = NULL;
+  CHECK_OK(etcd_sd_client_get_entries(c, g_prefix, &s));
+  CHECK(etcd_sd_strings_len(s) == 1);
+  etcd_sd_strings_free(s);
+  etcd_sd_instancer_free(i);
+  etcd_sd_registrar_free(r);
+  etcd_sd_client_free(c);
+}
+
 int main(int argc, char **argv) {
   g_endpoint = getenv("ETCD_SD_TEST_ENDPOINT");
   g_prefix = getenv("ETCD_SD_TEST_PREFIX");
   if (argc < 2 || !g_endpoint || !g_prefix) {
-    fprintf(stderr, "usage: ETCD_SD_TEST_ENDPOINT=... ETCD_SD_TEST_PREFIX=... %s outage|auth\n",
+    fprintf(stderr, "usage: ETCD_SD_TEST_ENDPOINT=... ETCD_SD_TEST_PREFIX=... %s outage|auth|sigpipe\n",
             argv[0]);
     return 2;
   }
@@ -211,6 +274,8 @@ int main(int argc, char **argv) {
     test_outage();
   } else if (strcmp(argv[1], "auth") == 0) {
     test_auth();
+  } else if (strcmp(argv[1], "sigpipe") == 0) {
+    test_sigpipe();
   } else {
     fprintf(stderr, "unknown scenario %s\n", argv[1]);
     return 2;
