@@ -4,26 +4,10 @@ mod support;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use etcd_sd::{Client, Instancer, Registrar, RegistrationState, Service, Stats};
+use etcd_sd::{Instancer, Registrar, RegistrationState, Service, Stats};
 use support::api::*;
 use support::{ms, secs, unique_prefix, wait_until, EtcdServer};
-
-fn wait_stats(
-    client: &Client,
-    timeout: Duration,
-    what: &str,
-    pred: impl Fn(&Stats) -> bool,
-) -> Stats {
-    let mut last = client.stats();
-    let ok = wait_until(timeout, || {
-        last = client.stats();
-        pred(&last)
-    });
-    assert!(ok, "{what}: not reached within {timeout:?}; stats {last:?}");
-    last
-}
 
 #[test]
 fn hostile_register_twice_counts_once_and_again_after_deregister() {

@@ -330,30 +330,35 @@ fn single_etcd_with_dead_endpoint(dead: &str, what: &str) -> Tally {
     etcd.put(&format!("{p}static"), "static:1");
     let put = |k: &str, v: &str| etcd.put(k, v);
     let exists = |k: &str| etcd.exists(k);
+    let live = [etcd.endpoint(), proxy.endpoint()];
+    dead_first_then_middle(dead, &live, what, (&p, &q), &put, &exists)
+}
+
+/// 10 rounds with `dead` first in the list (`[dead, live0, live1]`), then 10
+/// with it in the middle (`[live0, dead, live1]`); `p` holds what the rounds
+/// read, `q` what they register.
+fn dead_first_then_middle(
+    dead: &str,
+    live: &[String; 2],
+    what: &str,
+    (p, q): (&str, &str),
+    put: &dyn Fn(&str, &str),
+    exists: &dyn Fn(&str) -> bool,
+) -> Tally {
     let mut tally = Tally::default();
     let t = Instant::now();
-    let first = vec![dead.to_string(), etcd.endpoint(), proxy.endpoint()];
-    rounds_on(
-        &first,
-        &format!("{what} first"),
-        10,
-        &p,
-        &q,
-        &put,
-        &exists,
-        &mut tally,
-    );
-    let middle = vec![etcd.endpoint(), dead.to_string(), proxy.endpoint()];
-    rounds_on(
-        &middle,
-        &format!("{what} middle"),
-        10,
-        &p,
-        &q,
-        &put,
-        &exists,
-        &mut tally,
-    );
+    let dead = dead.to_string();
+    let orders = [
+        (
+            "first",
+            vec![dead.clone(), live[0].clone(), live[1].clone()],
+        ),
+        ("middle", vec![live[0].clone(), dead, live[1].clone()]),
+    ];
+    for (place, endpoints) in &orders {
+        let label = format!("{what} {place}");
+        rounds_on(endpoints, &label, 10, p, q, put, exists, &mut tally);
+    }
     eprintln!("{what}: all rounds took {:.1?}", t.elapsed());
     tally
 }
@@ -408,32 +413,9 @@ fn cluster_with_dead_member(fault: MemberFault) {
     let cluster = &cluster;
     let put = |k: &str, v: &str| cluster.put(k, v);
     let exists = |k: &str| cluster.any_live().exists(k);
-    let mut tally = Tally::default();
-    let t = Instant::now();
-    let first = vec![eps[0].clone(), eps[1].clone(), eps[2].clone()];
     let what = format!("{fault:?} member");
-    rounds_on(
-        &first,
-        &format!("{what} first"),
-        10,
-        &p,
-        &q,
-        &put,
-        &exists,
-        &mut tally,
-    );
-    let middle = vec![eps[1].clone(), eps[0].clone(), eps[2].clone()];
-    rounds_on(
-        &middle,
-        &format!("{what} middle"),
-        10,
-        &p,
-        &q,
-        &put,
-        &exists,
-        &mut tally,
-    );
-    eprintln!("{what}: all rounds took {:.1?}", t.elapsed());
+    let live = [eps[1].clone(), eps[2].clone()];
+    let tally = dead_first_then_middle(&eps[0], &live, &what, (&p, &q), &put, &exists);
     tally.assert_clean(&what);
 }
 

@@ -14,27 +14,10 @@ use std::time::{Duration, Instant};
 
 use etcd_sd::{Client, Instancer, Registrar, RegistrationState, Service, Stats};
 use support::api::*;
-use support::{ms, secs, unique_prefix, wait_until, EtcdServer, FaultProxy};
+use support::{ms, secs, unique_prefix, EtcdServer, FaultProxy};
 
 /// Bound for the Registrar to put a lost key back (2 s plus backoff).
 const RECOVERY: Duration = Duration::from_secs(15);
-
-/// Waits (bounded) until `pred` holds for `client.stats()`; returns the last
-/// stats read, and panics with them (and `what`) on timeout.
-fn wait_stats(
-    client: &Client,
-    timeout: Duration,
-    what: &str,
-    pred: impl Fn(&Stats) -> bool,
-) -> Stats {
-    let mut last = client.stats();
-    let ok = wait_until(timeout, || {
-        last = client.stats();
-        pred(&last)
-    });
-    assert!(ok, "{what}: not reached within {timeout:?}; stats {last:?}");
-    last
-}
 
 /// The counter fields (those that only grow), by name.
 fn counters(s: &Stats) -> [(&'static str, u64); 7] {

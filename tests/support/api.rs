@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use etcd_sd::channel::{Receiver, RecvTimeoutError};
 use etcd_sd::{
     Client, ClientOptions, ErrorKind, Event, Registrar, RegistrationEvent, RegistrationState,
-    Service, TtlOption,
+    Service, Stats, TtlOption,
 };
 
-use super::EtcdServer;
+use super::{wait_until, EtcdServer};
 
 /// Options with short, explicit timeouts.
 pub fn options(request_timeout: Duration) -> ClientOptions {
@@ -222,4 +222,21 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
+}
+
+/// Waits (bounded) until `pred` holds for `client.stats()`; returns the last
+/// stats read, and panics with them (and `what`) on timeout.
+pub fn wait_stats(
+    client: &Client,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&Stats) -> bool,
+) -> Stats {
+    let mut last = client.stats();
+    let ok = wait_until(timeout, || {
+        last = client.stats();
+        pred(&last)
+    });
+    assert!(ok, "{what}: not reached within {timeout:?}; stats {last:?}");
+    last
 }
