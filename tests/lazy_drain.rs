@@ -472,3 +472,118 @@ fn a_registrar_made_on_a_lazy_client_can_be_paused_before_etcd_answers() {
     reg.resume().expect("resume once etcd is up");
     assert!(etcd.exists(&key));
 }
+
+/// `examples/drain.rs`, built with this package's cargo (`cargo test` alone
+/// does not build examples for a `--test` run).
+fn drain_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .to_path_buf();
+    let mut build = std::process::Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "--example", "drain"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let mut child = build.spawn().expect("spawn cargo build --example drain");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for cargo") {
+            assert!(status.success(), "cargo build --example drain: {status}");
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cargo build --example drain did not finish in 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    profile_dir.join("examples").join("drain")
+}
+
+#[test]
+fn drain_example_removes_its_key_on_sigterm_and_exits_0() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let etcd = EtcdServer::start();
+    let exe = drain_example();
+    let mut child = Command::new(&exe)
+        .arg(etcd.endpoint())
+        .env("DRAIN_GRACE_MS", "1500")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the drain example");
+    // Kills the example if the test fails half-way.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id();
+    let mut child = Reap(child);
+    let (tx, lines) = etcd_sd::channel::unbounded::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_line = |prefix: &str, within: Duration| -> String {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        for _ in 0..1000 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("no line starting with {prefix:?} within {within:?}; saw {seen:?}");
+    };
+
+    let registered = wait_line("registered ", secs(15));
+    let key = registered
+        .split_whitespace()
+        .nth(1)
+        .expect("registered <key>")
+        .to_string();
+    assert!(etcd.exists(&key), "{key} not in etcd: {registered}");
+    wait_line("serving", secs(5));
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(kill.success());
+    // The key is gone by the time the example says it paused.
+    let paused = wait_line("paused", REQUEST + MARGIN + secs(3));
+    assert!(paused.starts_with("paused: "), "pause failed: {paused}");
+    assert!(!etcd.exists(&key), "{key} still in etcd after: {paused}");
+    wait_line("exiting", secs(10));
+    let deadline = Instant::now() + secs(15);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the example did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(!etcd.exists(&key), "{key} came back after the exit");
+}
