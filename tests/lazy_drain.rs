@@ -587,3 +587,38 @@ fn drain_example_removes_its_key_on_sigterm_and_exits_0() {
     assert_eq!(status.code(), Some(0), "exit status {status}");
     assert!(!etcd.exists(&key), "{key} came back after the exit");
 }
+
+#[test]
+fn lazy_client_with_credentials_authenticates_when_etcd_first_answers() {
+    let password = "root-pw-lazy-4Tz9";
+    let mut etcd = EtcdServer::start();
+    etcd.etcdctl(&["user", "add", &format!("root:{password}")]);
+    etcd.etcdctl(&["auth", "enable"]);
+    etcd.set_etcdctl_user(Some(&format!("root:{password}")));
+    etcd.kill();
+    let p = unique_prefix("lazy-auth");
+    let key = format!("{p}svc");
+    let as_root = |password: &str| ClientOptions {
+        username: Some("root".into()),
+        password: Some(password.into()),
+        ..options(REQUEST)
+    };
+    let client = Client::connect_lazy(&[etcd.endpoint()], as_root(password)).unwrap();
+    let wrong = Client::connect_lazy(&[etcd.endpoint()], as_root("wrong-pw")).unwrap();
+    let reg = Registrar::new(&client, service(&key, "v"));
+    let t = Instant::now();
+    let r = reg.register();
+    assert_unreachable(r, t.elapsed(), REQUEST + MARGIN, "register");
+
+    etcd.restart();
+    assert!(
+        wait_until(secs(5) + MARGIN, || reg.state() == S::Registered),
+        "not registered after etcd came back (state {:?})",
+        reg.state()
+    );
+    assert_eq!(etcd.get(&key).as_deref(), Some("v"));
+    assert_eq!(client.get_entries(&p).unwrap(), ["v"]);
+    // A password etcd refuses shows as the calls' error once it answers.
+    let e = wrong.get_entries(&p).expect_err("wrong password");
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+}
