@@ -101,7 +101,7 @@ impl Registrar {
     ///   (state `Unregistered`, lease revoked);
     /// * `Timeout`, `Unavailable`, `Auth`, `Etcd`: the key could not be written
     ///   within `request_timeout` (the last attempt's error; retries go on);
-    /// * `Closed`: deregistered by another thread while waiting.
+    /// * `Closed`: deregistered or paused by another thread while waiting.
     pub fn register(&self) -> Result<()> {
         self.service.validate()?;
         {

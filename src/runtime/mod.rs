@@ -133,6 +133,10 @@ impl Core {
         match started_rx.recv_timeout(wait.saturating_add(Duration::from_secs(2))) {
             Ok(Ok(())) => Ok(core),
             Ok(Err(e)) => Err(e),
+            Err(cb::RecvTimeoutError::Timeout) if lazy => Err(Error::new(
+                ErrorKind::Timeout,
+                "the runtime thread did not start within 2 s",
+            )),
             Err(cb::RecvTimeoutError::Timeout) => Err(Error::new(
                 ErrorKind::Timeout,
                 format!("etcd did not answer within {dial_timeout:?}"),
