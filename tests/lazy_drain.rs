@@ -622,3 +622,35 @@ fn lazy_client_with_credentials_authenticates_when_etcd_first_answers() {
     let e = wrong.get_entries(&p).expect_err("wrong password");
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
 }
+
+#[test]
+fn lazy_client_on_a_silent_port_never_hangs() {
+    let silent = support::SilentPort::start();
+    let p = unique_prefix("lazy-silent");
+    let t = Instant::now();
+    let client = lazy(&silent.endpoint());
+    assert!(t.elapsed() < secs(2), "connect_lazy took {:?}", t.elapsed());
+    let t = Instant::now();
+    let r = client.get_entries(&p);
+    assert_unreachable(r, t.elapsed(), REQUEST + MARGIN, "get_entries");
+    let t = Instant::now();
+    let r = Instancer::new(&client, &p);
+    assert_unreachable(r, t.elapsed(), REQUEST + MARGIN, "Instancer::new");
+    let reg = Registrar::new(&client, service(&format!("{p}svc"), "v"));
+    let t = Instant::now();
+    let r = reg.register();
+    assert_unreachable(r, t.elapsed(), REQUEST + MARGIN, "register");
+    let t = Instant::now();
+    let r = reg.pause();
+    assert!(r.is_ok(), "no lease to revoke: {r:?}");
+    assert!(
+        t.elapsed() < REQUEST + MARGIN,
+        "pause took {:?}",
+        t.elapsed()
+    );
+    assert!(!client.stats().connected);
+    let t = Instant::now();
+    drop(reg);
+    drop(client);
+    assert!(t.elapsed() < secs(4), "drop took {:?}", t.elapsed());
+}
