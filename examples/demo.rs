@@ -10,12 +10,13 @@
 //! make demo            # or: cargo run --release --example demo
 //! ```
 
+#[path = "common/private_etcd.rs"]
+mod private_etcd;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_sd::channel::{self, Receiver};
@@ -25,6 +26,7 @@ use etcd_sd::{
     BoxError, Client, ClientOptions, Instancer, Instances, Registrar, RegistrationState, Service,
     TtlOption,
 };
+use private_etcd::PrivateEtcd;
 
 const PREFIX: &str = "/services/greeter/";
 const WAIT: Duration = Duration::from_secs(10);
@@ -33,8 +35,18 @@ type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() {
     let started = Instant::now();
-    let etcd = match PrivateEtcd::start() {
-        Ok(etcd) => etcd,
+    let etcd = match PrivateEtcd::start("demo", true) {
+        Ok(etcd) => {
+            println!("etcd-sd demo");
+            println!(
+                "   etcd {} on {}, data in {} (ready in {:.2} s)",
+                etcd.version,
+                etcd.endpoint,
+                etcd.dir().display(),
+                etcd.ready_in.as_secs_f64()
+            );
+            etcd
+        }
         Err(e) => {
             eprintln!("demo: cannot start etcd: {e}");
             eprintln!("      install it (make deps) or point ETCD_BIN at an etcd binary");
@@ -314,145 +326,4 @@ fn revoke_lease(endpoint: &str, id: i64) -> Fallible<()> {
     } else {
         Err(format!("lease revoke refused: {status}").into())
     }
-}
-
-// --- the private etcd ------------------------------------------------------
-
-/// An etcd on 127.0.0.1 with its own ports and directory; stopped and removed
-/// on drop and on Ctrl-C.
-struct PrivateEtcd {
-    endpoint: String,
-    child: Arc<Mutex<Option<Child>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivateEtcd {
-    fn start() -> Fallible<PrivateEtcd> {
-        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_string());
-        let version = etcd_version(&bin)?;
-        let dir = tempfile::Builder::new().prefix("etcd-sd-demo-").tempdir()?;
-        let child: Arc<Mutex<Option<Child>>> = Arc::default();
-        stop_on_ctrl_c(child.clone(), dir.path().to_path_buf());
-
-        let t0 = Instant::now();
-        let mut last_error = String::new();
-        // A port that looked free can be taken before etcd binds it: try again.
-        for _ in 0..3 {
-            let (client_port, peer_port) = (free_port()?, free_port()?);
-            let client_url = format!("http://127.0.0.1:{client_port}");
-            let peer_url = format!("http://127.0.0.1:{peer_port}");
-            let log = std::fs::File::create(dir.path().join("etcd.log"))?;
-            let mut cmd = Command::new(&bin);
-            for (key, _) in std::env::vars_os() {
-                // etcd reads ETCD_* variables as flags: keep the user's out.
-                if key.to_string_lossy().starts_with("ETCD_") {
-                    cmd.env_remove(key);
-                }
-            }
-            cmd.args(["--name", "demo", "--data-dir"])
-                .arg(dir.path().join("data"))
-                .args(["--listen-client-urls", &client_url])
-                .args(["--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("demo={peer_url}")])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            *child.lock().unwrap() = Some(cmd.spawn()?);
-            let endpoint = format!("127.0.0.1:{client_port}");
-            match wait_ready(&endpoint, &child) {
-                Ok(()) => {
-                    println!("etcd-sd demo");
-                    println!(
-                        "   etcd {version} on {endpoint}, data in {} (ready in {:.2} s)",
-                        dir.path().display(),
-                        t0.elapsed().as_secs_f64()
-                    );
-                    return Ok(PrivateEtcd {
-                        endpoint,
-                        child,
-                        _dir: dir,
-                    });
-                }
-                Err(e) => {
-                    last_error = e;
-                    kill(&child);
-                }
-            }
-        }
-        let log = std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        Err(format!("{last_error}; etcd log ends with:\n{}", tail.join("\n")).into())
-    }
-}
-
-impl Drop for PrivateEtcd {
-    fn drop(&mut self) {
-        kill(&self.child);
-    }
-}
-
-fn kill(child: &Mutex<Option<Child>>) {
-    if let Some(mut c) = child.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-/// On Ctrl-C (or SIGTERM): stop etcd, remove its directory, exit.
-fn stop_on_ctrl_c(child: Arc<Mutex<Option<Child>>>, dir: PathBuf) {
-    let result = ctrlc::set_handler(move || {
-        kill(&child);
-        let _ = std::fs::remove_dir_all(&dir);
-        eprintln!("\ninterrupted: etcd stopped, {} removed", dir.display());
-        std::process::exit(130);
-    });
-    if let Err(e) = result {
-        eprintln!("demo: no Ctrl-C handler ({e}); etcd is still stopped at the end");
-    }
-}
-
-fn etcd_version(bin: &str) -> Fallible<String> {
-    let out = Command::new(bin)
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("cannot run {bin:?}: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("etcd Version: "))
-        .unwrap_or("(unknown version)")
-        .trim()
-        .to_string())
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Waits (at most 15 s) until etcd answers a client, or exits.
-fn wait_ready(endpoint: &str, child: &Mutex<Option<Child>>) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let options = ClientOptions {
-        dial_timeout: Duration::from_millis(500),
-        ..Default::default()
-    };
-    let mut last = String::from("not started");
-    for _ in 0..100 {
-        if let Some(c) = child.lock().unwrap().as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Err(format!("etcd exited with {status}"));
-            }
-        }
-        match Client::connect(&[endpoint], options.clone()) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = e.to_string(),
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!("etcd did not answer within 15 s: {last}"))
 }

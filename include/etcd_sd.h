@@ -204,6 +204,12 @@ typedef struct etcd_sd_stats {
 } etcd_sd_stats;
 
 /**
+ * A registrar's state, as `etcd_sd_registrar_state` returns it. The numbers
+ * are fixed and only ever appended to.
+ */
+typedef int32_t etcd_sd_registration_state;
+
+/**
  * A callback for discovery updates: called with an event lent for the
  * duration of the call, and the `context` given to
  * `etcd_sd_instancer_on_update`.
@@ -294,6 +300,37 @@ typedef int (*etcd_sd_attempt_fn)(const char *instance, void *context);
  */
 #define ETCD_SD_ERR_BUFFER_TOO_SMALL 13
 
+/**
+ * Made, never registered; or refused for good by etcd (nothing running).
+ */
+#define ETCD_SD_STATE_UNREGISTERED 0
+
+/**
+ * First attempt under way, or retrying it.
+ */
+#define ETCD_SD_STATE_REGISTERING 1
+
+/**
+ * The key is written under a live lease that is kept alive.
+ */
+#define ETCD_SD_STATE_REGISTERED 2
+
+/**
+ * The lease or the key was lost; re-registering with backoff.
+ */
+#define ETCD_SD_STATE_LOST 3
+
+/**
+ * Deregistered: lease revoked, nothing running.
+ */
+#define ETCD_SD_STATE_DEREGISTERED 4
+
+/**
+ * Paused by `etcd_sd_registrar_pause`: lease revoked, nothing running until
+ * `etcd_sd_registrar_resume`.
+ */
+#define ETCD_SD_STATE_PAUSED 5
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -360,6 +397,29 @@ etcd_sd_status etcd_sd_client_new(const char *const *endpoints,
                                   size_t n,
                                   const struct etcd_sd_client_options *o,
                                   struct etcd_sd_client **out);
+
+/**
+ * Makes a client without waiting for etcd (`Client::connect_lazy` in
+ * Rust): checks the arguments as `etcd_sd_client_new` does, returns at
+ * once, and dials in the background, with backoff (100 ms doubling to 5 s),
+ * until a member answers (within about 5 s of one starting). After that it
+ * is exactly a client made by `etcd_sd_client_new`.
+ *
+ * Before the first answer, calls that need etcd (`etcd_sd_client_get_entries`,
+ * `etcd_sd_instancer_new`) fail within `request_timeout_ms` with
+ * `ETCD_SD_ERR_TIMEOUT` or `ETCD_SD_ERR_UNAVAILABLE`; a registrar whose
+ * `etcd_sd_registrar_register` failed then keeps trying and is registered
+ * once etcd answers, with no further call. Freeing the client never waits
+ * for etcd.
+ *
+ * Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` and `ETCD_SD_ERR_TLS`
+ * (unreadable or unparsable TLS files) as `etcd_sd_client_new`; never an
+ * error because etcd does not answer.
+ */
+etcd_sd_status etcd_sd_client_new_lazy(const char *const *endpoints,
+                                       size_t n,
+                                       const struct etcd_sd_client_options *o,
+                                       struct etcd_sd_client **out);
 
 /**
  * Frees a client. Objects made from it keep working (they hold their own
@@ -462,6 +522,39 @@ etcd_sd_status etcd_sd_registrar_register(struct etcd_sd_registrar *r);
  * stopped anyway and the key expires after its ttl).
  */
 etcd_sd_status etcd_sd_registrar_deregister(struct etcd_sd_registrar *r);
+
+/**
+ * Drains: revokes the lease (the key goes at once) and stops keeping it
+ * alive; the registrar stays, paused (`ETCD_SD_STATE_PAUSED`), and nothing
+ * registers the key again, not even after an etcd outage or restart, until
+ * `etcd_sd_registrar_resume`. The pre-stop step of a graceful shutdown.
+ * Calling it twice, before registering, or after deregistering is fine;
+ * `etcd_sd_registrar_deregister` after it is fine too.
+ *
+ * Returns within `request_timeout_ms`, paused whatever the status:
+ * `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for NULL;
+ * `ETCD_SD_ERR_TIMEOUT` or `ETCD_SD_ERR_UNAVAILABLE` with etcd unreachable
+ * (the key then goes by itself after its ttl, or as soon as etcd answers a
+ * revoke retried in the background).
+ */
+etcd_sd_status etcd_sd_registrar_pause(struct etcd_sd_registrar *r);
+
+/**
+ * Ends a pause: registers the service again under a new lease, exactly as
+ * `etcd_sd_registrar_register` (which it is, also when not paused).
+ *
+ * Returns as `etcd_sd_registrar_register`.
+ */
+etcd_sd_status etcd_sd_registrar_resume(struct etcd_sd_registrar *r);
+
+/**
+ * Writes the registrar's current state (an `ETCD_SD_STATE_*` number) to
+ * `*out`; never blocks.
+ *
+ * Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for a NULL argument.
+ */
+etcd_sd_status etcd_sd_registrar_state(const struct etcd_sd_registrar *r,
+                                       etcd_sd_registration_state *out);
 
 /**
  * The etcd lease currently holding the key, 0 if none (not registered, or

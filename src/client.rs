@@ -99,7 +99,66 @@ impl Client {
             .iter()
             .map(|e| normalize_endpoint(e.as_ref(), tls))
             .collect::<Result<Vec<_>>>()?;
-        let core = Core::start(endpoints, options)?;
+        Client::start(endpoints, options, false)
+    }
+
+    /// Makes a client without waiting for etcd: checks its arguments as
+    /// [`connect`](Client::connect) does, starts the client's threads and
+    /// returns at once, then dials in the background until a member
+    /// answers, retrying with jittered backoff (100 ms doubling to 5 s), so
+    /// it is connected within about 5 s of a member starting. After that it
+    /// is exactly a client made by `connect` (with several endpoints, the
+    /// cluster id is taken from the first member that answers; with a user
+    /// name, the auth token is fetched then).
+    ///
+    /// For a service that must start while etcd is down (a cold start of
+    /// the whole system, etcd restarting): before the first answer,
+    ///
+    /// * calls that need etcd ([`get_entries`](Client::get_entries),
+    ///   [`deregister`](Client::deregister),
+    ///   [`Instancer::new`](crate::Instancer::new)) fail within
+    ///   `request_timeout` with `Timeout` or `Unavailable`, as they do on
+    ///   any client while etcd is unreachable;
+    /// * a [`Registrar`] (or [`register`](Client::register)) returns such an
+    ///   error from `register()` but keeps trying, and is `Registered` once
+    ///   etcd answers, with no further call;
+    /// * [`watch_prefix`](Client::watch_prefix) returns its receiver and
+    ///   starts watching when etcd answers;
+    /// * [`stats`](Client::stats) says `connected: false`,
+    ///   [`endpoints`](Client::endpoints) lists the endpoints given, and
+    ///   dropping the client never waits for etcd.
+    ///
+    /// # Errors
+    /// Only those of the arguments: `InvalidArgument` and `Tls` (a TLS file
+    /// that cannot be read or parsed) as for [`connect`](Client::connect);
+    /// a TLS handshake or a password that etcd refuses shows later, as the
+    /// error of the calls (and in the log), since it is learnt only when a
+    /// member answers.
+    ///
+    /// ```no_run
+    /// use etcd_sd::{Client, ClientOptions, Registrar, Service};
+    /// // Returns at once, even with etcd down.
+    /// let client = Client::connect_lazy(&["127.0.0.1:2379"], ClientOptions::default())?;
+    /// let registrar = Registrar::new(&client, Service::new("/services/foosvc/1.2.3.4:8080", "http://1.2.3.4:8080"));
+    /// if let Err(e) = registrar.register() {
+    ///     eprintln!("not registered yet ({e}); it keeps trying");
+    /// }
+    /// # Ok::<(), etcd_sd::Error>(())
+    /// ```
+    pub fn connect_lazy<S: AsRef<str>>(endpoints: &[S], options: ClientOptions) -> Result<Client> {
+        let tls = options.uses_tls();
+        if endpoints.is_empty() {
+            return Err(Error::invalid("no endpoints given"));
+        }
+        let endpoints = endpoints
+            .iter()
+            .map(|e| normalize_endpoint(e.as_ref(), tls))
+            .collect::<Result<Vec<_>>>()?;
+        Client::start(endpoints, options, true)
+    }
+
+    fn start(endpoints: Vec<String>, options: ClientOptions, lazy: bool) -> Result<Client> {
+        let core = Core::start(endpoints, options, lazy)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 registered: Mutex::new(HashMap::new()),

@@ -109,6 +109,13 @@
 //!   registered at that moment, tells its task to stop and lets the key
 //!   expire by its ttl. [`Registrar::deregister`] does the same, reports the
 //!   outcome, and may be called any number of times.
+//! * To drain before a planned shutdown, [`Registrar::pause`] revokes the
+//!   lease (the key goes at once) and keeps the registrar
+//!   [`Paused`](RegistrationState::Paused): nothing registers the key again
+//!   until [`Registrar::resume`]. `examples/drain.rs` shows the pattern.
+//! * A service that must start while etcd is down uses
+//!   [`Client::connect_lazy`], which returns at once and connects in the
+//!   background; its Registrars register by themselves once etcd answers.
 //! * Dropping an [`Instancer`] stops it, as [`Instancer::stop`] does: the
 //!   watch is cancelled, `subscribe` receivers disconnect after the events
 //!   they already hold, registered senders are dropped, callbacks are removed

@@ -81,7 +81,8 @@ impl Registrar {
         }
     }
 
-    /// Registers the service and keeps it registered.
+    /// Registers the service and keeps it registered (also after
+    /// [`pause`](Registrar::pause): see [`resume`](Registrar::resume)).
     ///
     /// Blocks until the key is written, at most `request_timeout`. Whether it
     /// returns `Ok` or an error, the registrar stays active: it keeps trying
@@ -100,7 +101,7 @@ impl Registrar {
     ///   (state `Unregistered`, lease revoked);
     /// * `Timeout`, `Unavailable`, `Auth`, `Etcd`: the key could not be written
     ///   within `request_timeout` (the last attempt's error; retries go on);
-    /// * `Closed`: deregistered by another thread while waiting.
+    /// * `Closed`: deregistered or paused by another thread while waiting.
     pub fn register(&self) -> Result<()> {
         self.service.validate()?;
         {
@@ -133,6 +134,9 @@ impl Registrar {
                 RegistrationState::Registered => return Ok(()),
                 RegistrationState::Deregistered => {
                     return Err(Error::closed("registrar (deregistered while registering)"))
+                }
+                RegistrationState::Paused => {
+                    return Err(Error::closed("registrar (paused while registering)"))
                 }
                 // Only a task that gave up for good goes back to it.
                 RegistrationState::Unregistered => {
@@ -168,6 +172,13 @@ impl Registrar {
     pub fn deregister(&self) -> Result<()> {
         let control = self.control.lock().take();
         let Some(control) = control else {
+            if self.state() == RegistrationState::Paused {
+                // Nothing runs; a paused task still finishing its revoke
+                // (etcd down) reports no more.
+                self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+                self.shared
+                    .set(None, RegistrationState::Deregistered, None, None);
+            }
             return Ok(());
         };
         if control.is_closed() && self.state() == RegistrationState::Unregistered {
@@ -193,6 +204,80 @@ impl Registrar {
                 .set(None, RegistrationState::Deregistered, None, r.clone().err());
         }
         r
+    }
+
+    /// Drains: revokes the lease, so the key goes at once, and stops keeping
+    /// it alive; the registrar stays, [`Paused`](RegistrationState::Paused),
+    /// and nothing registers the key again (not an outage, not an etcd
+    /// restart) until [`resume`](Registrar::resume). This is the pre-stop
+    /// step of a graceful shutdown: new clients stop being sent here while
+    /// the requests in flight finish.
+    ///
+    /// Returns within `request_timeout`. The registrar is `Paused` when it
+    /// returns, whatever the result. Calling it twice, before
+    /// [`register`](Registrar::register), or after
+    /// [`deregister`](Registrar::deregister) is fine (`Ok`, `Paused`).
+    /// [`deregister`](Registrar::deregister) after it is fine too.
+    ///
+    /// # Errors
+    /// `Timeout` or `Unavailable` when etcd cannot be reached: the key then
+    /// goes by itself after its ttl, as no keep-alive is sent any more (the
+    /// revoke is also retried in the background, so it goes as soon as etcd
+    /// answers again, if that is sooner).
+    ///
+    /// ```no_run
+    /// use etcd_sd::{Client, ClientOptions, Registrar, RegistrationState, Service};
+    /// let client = Client::connect(&["127.0.0.1:2379"], ClientOptions::default())?;
+    /// let registrar = Registrar::new(&client, Service::new("/services/foosvc/1.2.3.4:8080", "http://1.2.3.4:8080"));
+    /// registrar.register()?;
+    /// // SIGTERM: stop taking new work, finish what is in flight.
+    /// registrar.pause()?;
+    /// assert_eq!(registrar.state(), RegistrationState::Paused);
+    /// // ... or, if the shutdown is called off:
+    /// registrar.resume()?; // a new lease
+    /// # Ok::<(), etcd_sd::Error>(())
+    /// ```
+    pub fn pause(&self) -> Result<()> {
+        let control = self.control.lock().take();
+        let control = match control {
+            Some(c) if !c.is_closed() => c,
+            // Nothing runs (never registered, deregistered, paused, or
+            // given up for good): nothing holds the key.
+            _ => {
+                self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+                self.shared.set(None, RegistrationState::Paused, None, None);
+                return Ok(());
+            }
+        };
+        let (tx, rx) = cb::bounded(1);
+        if control.send(Control::Pause(tx)).is_err() {
+            self.shared.set(None, RegistrationState::Paused, None, None);
+            return Ok(());
+        }
+        let r = wait_reply(&rx, self.core.request_timeout(), "pause");
+        if r.as_ref()
+            .is_err_and(|e| matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable))
+        {
+            self.shared.gate.wait_failed();
+        }
+        if r.is_err() {
+            // The task finishes by itself (its revoke is bounded too).
+            self.shared
+                .set(None, RegistrationState::Paused, None, r.clone().err());
+        }
+        r
+    }
+
+    /// Ends a [`pause`](Registrar::pause): registers the service again, under
+    /// a new lease, exactly as [`register`](Registrar::register) (which it
+    /// is; `register` on a paused registrar resumes it too). When not paused
+    /// it is `register()`.
+    ///
+    /// # Errors
+    /// As [`register`](Registrar::register): the registrar keeps trying
+    /// after an error.
+    pub fn resume(&self) -> Result<()> {
+        self.register()
     }
 
     /// The current state. Never blocks.

@@ -24,6 +24,8 @@ const LOG: &str = "etcd_sd::registrar";
 ///                                                          │           │ key written
 ///                                 lease expired/revoked,   ▼           │ again (backoff)
 ///                                 key deleted ──────────▶ Lost ────────┘
+/// any state ─pause()─▶ Paused (lease revoked, key gone, nothing retries)
+///                        └─resume()/register()─▶ Registering (a new lease)
 /// any state ─deregister()/drop─▶ Deregistered (lease revoked, key gone)
 /// ```
 ///
@@ -35,7 +37,14 @@ const LOG: &str = "etcd_sd::registrar";
 /// registrar revokes the lease it granted and goes back to `Unregistered`,
 /// with an event whose `error` says why; nothing keeps running, and a later
 /// `register` tries again.
+///
+/// [`Registrar::pause`](crate::Registrar::pause) (draining before a shutdown)
+/// revokes the lease and stops every retry until
+/// [`resume`](crate::Registrar::resume): the registrar stays `Paused` through
+/// etcd outages and restarts. More states may be added: match with a
+/// wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RegistrationState {
     /// Made, never registered; or refused for good by etcd (see above:
     /// the event's `error` is of kind `InvalidArgument`), nothing running.
@@ -51,6 +60,11 @@ pub enum RegistrationState {
     /// Deregistered: lease revoked (or left to expire when etcd was down),
     /// nothing running. `register` starts over.
     Deregistered,
+    /// Paused by [`Registrar::pause`](crate::Registrar::pause): lease revoked
+    /// (or, with etcd down, left to expire after its ttl), nothing running,
+    /// nothing re-registers the key. [`resume`](crate::Registrar::resume) (or
+    /// `register`) registers it again under a new lease.
+    Paused,
 }
 
 /// A change of [`RegistrationState`], as delivered by [`Registrar::events`](crate::Registrar::events).
@@ -250,7 +264,9 @@ impl Shared {
 fn etcd_answered(before: &Status, state: RegistrationState, error: Option<&Error>) -> bool {
     match state {
         RegistrationState::Registered => true,
-        RegistrationState::Deregistered => error.is_none() && before.lease_id.is_some(),
+        RegistrationState::Deregistered | RegistrationState::Paused => {
+            error.is_none() && before.lease_id.is_some()
+        }
         _ => false,
     }
 }
@@ -259,4 +275,6 @@ fn etcd_answered(before: &Status, state: RegistrationState, error: Option<&Error
 pub(crate) enum Control {
     /// Revoke the lease and stop.
     Deregister(Reply<()>),
+    /// Revoke the lease and stop, reporting `Paused` (a drain, until resumed).
+    Pause(Reply<()>),
 }

@@ -216,24 +216,19 @@ struct ClientOptions {
 class Client {
  public:
   /// Connects and checks that the cluster answers (at most dial_timeout).
-  explicit Client(const std::vector<std::string> &endpoints, const ClientOptions &options = {}) {
-    std::vector<const char *> eps;
-    eps.reserve(endpoints.size());
-    for (const std::string &e : endpoints) eps.push_back(e.c_str());
-    etcd_sd_client_options o;
-    etcd_sd_client_options_init(&o);
-    auto str = [](const std::optional<std::string> &s) { return s ? s->c_str() : nullptr; };
-    o.cert = str(options.cert);
-    o.key = str(options.key);
-    o.ca_cert = str(options.ca_cert);
-    o.username = str(options.username);
-    o.password = str(options.password);
-    o.dial_timeout_ms = to_c_millis(options.dial_timeout);
-    o.dial_keep_alive_ms = to_c_millis(options.dial_keep_alive);
-    o.request_timeout_ms = to_c_millis(options.request_timeout);
-    etcd_sd_client *c = nullptr;
-    detail::check(etcd_sd_client_new(eps.data(), eps.size(), &o, &c));
-    handle_.reset(c);
+  explicit Client(const std::vector<std::string> &endpoints, const ClientOptions &options = {})
+      : Client(endpoints, options, false) {}
+
+  /// Makes a client without waiting for etcd (etcd_sd_client_new_lazy):
+  /// checks the arguments (throws ETCD_SD_ERR_INVALID_ARGUMENT, or
+  /// ETCD_SD_ERR_TLS for unreadable TLS files), returns at once and dials in
+  /// the background until a member answers. Before that, calls that need
+  /// etcd throw ETCD_SD_ERR_TIMEOUT or ETCD_SD_ERR_UNAVAILABLE within
+  /// request_timeout, and a Registrar keeps trying after its
+  /// register_service() threw.
+  static Client connect_lazy(const std::vector<std::string> &endpoints,
+                             const ClientOptions &options = {}) {
+    return Client(endpoints, options, true);
   }
 
   /// The values under `prefix`, in key order (go-kit's GetEntries).
@@ -258,7 +253,38 @@ class Client {
   etcd_sd_client *get() const noexcept { return handle_.get(); }
 
  private:
+  Client(const std::vector<std::string> &endpoints, const ClientOptions &options, bool lazy) {
+    std::vector<const char *> eps;
+    eps.reserve(endpoints.size());
+    for (const std::string &e : endpoints) eps.push_back(e.c_str());
+    etcd_sd_client_options o;
+    etcd_sd_client_options_init(&o);
+    auto str = [](const std::optional<std::string> &s) { return s ? s->c_str() : nullptr; };
+    o.cert = str(options.cert);
+    o.key = str(options.key);
+    o.ca_cert = str(options.ca_cert);
+    o.username = str(options.username);
+    o.password = str(options.password);
+    o.dial_timeout_ms = to_c_millis(options.dial_timeout);
+    o.dial_keep_alive_ms = to_c_millis(options.dial_keep_alive);
+    o.request_timeout_ms = to_c_millis(options.request_timeout);
+    etcd_sd_client *c = nullptr;
+    detail::check(lazy ? etcd_sd_client_new_lazy(eps.data(), eps.size(), &o, &c)
+                       : etcd_sd_client_new(eps.data(), eps.size(), &o, &c));
+    handle_.reset(c);
+  }
+
   detail::Handle<etcd_sd_client, etcd_sd_client_free> handle_;
+};
+
+/// Where a Registrar stands (the ETCD_SD_STATE_* numbers).
+enum class RegistrationState : std::int32_t {
+  Unregistered = ETCD_SD_STATE_UNREGISTERED,
+  Registering = ETCD_SD_STATE_REGISTERING,
+  Registered = ETCD_SD_STATE_REGISTERED,
+  Lost = ETCD_SD_STATE_LOST,
+  Deregistered = ETCD_SD_STATE_DEREGISTERED,
+  Paused = ETCD_SD_STATE_PAUSED,
 };
 
 /// Keeps one service registered under its own lease (go-kit's Registrar).
@@ -283,6 +309,24 @@ class Registrar {
 
   /// Revokes the lease; the key goes at once. Idempotent.
   void deregister_service() { detail::check(etcd_sd_registrar_deregister(handle_.get())); }
+
+  /// Drains: revokes the lease (the key goes at once); nothing registers it
+  /// again until resume(). Paused even when it throws (etcd unreachable:
+  /// ETCD_SD_ERR_TIMEOUT / ETCD_SD_ERR_UNAVAILABLE within request_timeout;
+  /// the key then goes after its ttl). Twice, before registering, or before
+  /// deregister_service() is fine.
+  void pause() { detail::check(etcd_sd_registrar_pause(handle_.get())); }
+
+  /// Registers again under a new lease, as register_service() (which it is
+  /// when not paused).
+  void resume() { detail::check(etcd_sd_registrar_resume(handle_.get())); }
+
+  /// The current state; never blocks.
+  RegistrationState state() const {
+    etcd_sd_registration_state out = ETCD_SD_STATE_UNREGISTERED;
+    detail::check(etcd_sd_registrar_state(handle_.get(), &out));
+    return static_cast<RegistrationState>(out);
+  }
 
   /// The lease holding the key, 0 if none.
   std::int64_t lease_id() const noexcept { return etcd_sd_registrar_lease_id(handle_.get()); }

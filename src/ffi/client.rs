@@ -118,7 +118,45 @@ pub extern "C" fn etcd_sd_client_new(
     o: *const etcd_sd_client_options,
     out: *mut *mut etcd_sd_client,
 ) -> etcd_sd_status {
-    ffi_boundary! {
+    ffi_boundary! { client_new(endpoints, n, o, out, false) }
+}
+
+/// Makes a client without waiting for etcd (`Client::connect_lazy` in
+/// Rust): checks the arguments as `etcd_sd_client_new` does, returns at
+/// once, and dials in the background, with backoff (100 ms doubling to 5 s),
+/// until a member answers (within about 5 s of one starting). After that it
+/// is exactly a client made by `etcd_sd_client_new`.
+///
+/// Before the first answer, calls that need etcd (`etcd_sd_client_get_entries`,
+/// `etcd_sd_instancer_new`) fail within `request_timeout_ms` with
+/// `ETCD_SD_ERR_TIMEOUT` or `ETCD_SD_ERR_UNAVAILABLE`; a registrar whose
+/// `etcd_sd_registrar_register` failed then keeps trying and is registered
+/// once etcd answers, with no further call. Freeing the client never waits
+/// for etcd.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` and `ETCD_SD_ERR_TLS`
+/// (unreadable or unparsable TLS files) as `etcd_sd_client_new`; never an
+/// error because etcd does not answer.
+#[no_mangle]
+pub extern "C" fn etcd_sd_client_new_lazy(
+    endpoints: *const *const c_char,
+    n: usize,
+    o: *const etcd_sd_client_options,
+    out: *mut *mut etcd_sd_client,
+) -> etcd_sd_status {
+    ffi_boundary! { client_new(endpoints, n, o, out, true) }
+}
+
+/// `etcd_sd_client_new` and (with `lazy`) `etcd_sd_client_new_lazy`: the
+/// arguments from C, then the client.
+fn client_new(
+    endpoints: *const *const c_char,
+    n: usize,
+    o: *const etcd_sd_client_options,
+    out: *mut *mut etcd_sd_client,
+    lazy: bool,
+) -> etcd_sd_status {
+    {
         let out = try_out!(out);
         if endpoints.is_null() {
             return super::invalid_null("endpoints");
@@ -142,7 +180,12 @@ pub extern "C" fn etcd_sd_client_new(
                 Err((field, why)) => return invalid_arg(&format!("o->{field}"), why),
             },
         };
-        set_boxed_mut_ptr(out, Client::connect(&list, options))
+        let client = if lazy {
+            Client::connect_lazy(&list, options)
+        } else {
+            Client::connect(&list, options)
+        };
+        set_boxed_mut_ptr(out, client)
     }
 }
 

@@ -4,11 +4,11 @@ use std::ffi::c_char;
 use std::time::Duration;
 
 use super::{
-    etcd_sd_client, etcd_sd_status, ffi_boundary, free_box, set_boxed_mut_ptr, status_of, try_out,
-    try_ref, try_str,
+    error::ETCD_SD_OK, etcd_sd_client, etcd_sd_status, ffi_boundary, free_box, set_boxed_mut_ptr,
+    status_of, try_out, try_ref, try_str,
 };
 use crate::options::check_key_value;
-use crate::{Registrar, Service, TtlOption};
+use crate::{Registrar, RegistrationState, Service, TtlOption};
 
 /// Keeps one service registered under its own lease (go-kit's `Registrar`).
 ///
@@ -103,6 +103,86 @@ pub extern "C" fn etcd_sd_registrar_deregister(r: *mut etcd_sd_registrar) -> etc
     ffi_boundary! {
         let r = try_ref!(r);
         status_of(r.deregister())
+    }
+}
+
+/// Drains: revokes the lease (the key goes at once) and stops keeping it
+/// alive; the registrar stays, paused (`ETCD_SD_STATE_PAUSED`), and nothing
+/// registers the key again, not even after an etcd outage or restart, until
+/// `etcd_sd_registrar_resume`. The pre-stop step of a graceful shutdown.
+/// Calling it twice, before registering, or after deregistering is fine;
+/// `etcd_sd_registrar_deregister` after it is fine too.
+///
+/// Returns within `request_timeout_ms`, paused whatever the status:
+/// `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for NULL;
+/// `ETCD_SD_ERR_TIMEOUT` or `ETCD_SD_ERR_UNAVAILABLE` with etcd unreachable
+/// (the key then goes by itself after its ttl, or as soon as etcd answers a
+/// revoke retried in the background).
+#[no_mangle]
+pub extern "C" fn etcd_sd_registrar_pause(r: *mut etcd_sd_registrar) -> etcd_sd_status {
+    ffi_boundary! {
+        let r = try_ref!(r);
+        status_of(r.pause())
+    }
+}
+
+/// Ends a pause: registers the service again under a new lease, exactly as
+/// `etcd_sd_registrar_register` (which it is, also when not paused).
+///
+/// Returns as `etcd_sd_registrar_register`.
+#[no_mangle]
+pub extern "C" fn etcd_sd_registrar_resume(r: *mut etcd_sd_registrar) -> etcd_sd_status {
+    ffi_boundary! {
+        let r = try_ref!(r);
+        status_of(r.resume())
+    }
+}
+
+/// A registrar's state, as `etcd_sd_registrar_state` returns it. The numbers
+/// are fixed and only ever appended to.
+pub type etcd_sd_registration_state = i32;
+
+/// Made, never registered; or refused for good by etcd (nothing running).
+pub const ETCD_SD_STATE_UNREGISTERED: etcd_sd_registration_state = 0;
+/// First attempt under way, or retrying it.
+pub const ETCD_SD_STATE_REGISTERING: etcd_sd_registration_state = 1;
+/// The key is written under a live lease that is kept alive.
+pub const ETCD_SD_STATE_REGISTERED: etcd_sd_registration_state = 2;
+/// The lease or the key was lost; re-registering with backoff.
+pub const ETCD_SD_STATE_LOST: etcd_sd_registration_state = 3;
+/// Deregistered: lease revoked, nothing running.
+pub const ETCD_SD_STATE_DEREGISTERED: etcd_sd_registration_state = 4;
+/// Paused by `etcd_sd_registrar_pause`: lease revoked, nothing running until
+/// `etcd_sd_registrar_resume`.
+pub const ETCD_SD_STATE_PAUSED: etcd_sd_registration_state = 5;
+
+/// The number of a state. The match is exhaustive on purpose: a state added
+/// to the Rust API does not compile until it is given a new, appended number.
+fn state_number(state: RegistrationState) -> etcd_sd_registration_state {
+    match state {
+        RegistrationState::Unregistered => ETCD_SD_STATE_UNREGISTERED,
+        RegistrationState::Registering => ETCD_SD_STATE_REGISTERING,
+        RegistrationState::Registered => ETCD_SD_STATE_REGISTERED,
+        RegistrationState::Lost => ETCD_SD_STATE_LOST,
+        RegistrationState::Deregistered => ETCD_SD_STATE_DEREGISTERED,
+        RegistrationState::Paused => ETCD_SD_STATE_PAUSED,
+    }
+}
+
+/// Writes the registrar's current state (an `ETCD_SD_STATE_*` number) to
+/// `*out`; never blocks.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for a NULL argument.
+#[no_mangle]
+pub extern "C" fn etcd_sd_registrar_state(
+    r: *const etcd_sd_registrar,
+    out: *mut etcd_sd_registration_state,
+) -> etcd_sd_status {
+    ffi_boundary! {
+        let out = try_out!(out, ETCD_SD_STATE_UNREGISTERED);
+        let r = try_ref!(r);
+        *out = state_number(r.state());
+        ETCD_SD_OK
     }
 }
 

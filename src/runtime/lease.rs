@@ -10,8 +10,14 @@
 //!                                                          │           │ key written
 //!                                 lease expired/revoked,   ▼           │ again (backoff)
 //!                                 key deleted ──────────▶ Lost ────────┘
+//! any state ─pause()─▶ Paused (lease revoked, key gone, task ended)
 //! any state ─deregister()/drop─▶ Deregistered (lease revoked, key gone)
 //! ```
+//!
+//! A pause ends the task as a deregistration does; resuming starts a new
+//! task, which grants a new lease. Before the client's first answer from
+//! etcd (a lazy start), a task waiting out its backoff tries again at once
+//! when the first member answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +94,7 @@ impl Task {
             }
         }
         self.control.close();
-        while let Ok(Control::Deregister(reply)) = self.control.try_recv() {
+        while let Ok(Control::Deregister(reply) | Control::Pause(reply)) = self.control.try_recv() {
             let _ = reply.send(Ok(()));
         }
         self.shared.set(
@@ -144,7 +150,7 @@ impl Task {
                         return self.give_up(&ctx, lease, e).await;
                     }
                     self.shared.note_error(self.epoch, e);
-                    if !self.pause(&ctx, &mut backoff, lease).await {
+                    if !self.back_off(&ctx, &mut backoff, lease).await {
                         return;
                     }
                     continue;
@@ -185,12 +191,14 @@ impl Task {
         }
     }
 
-    /// Waits the next backoff step; false when told to stop meanwhile (and
-    /// then already finished).
-    async fn pause(&mut self, ctx: &Ctx, backoff: &mut Backoff, lease: Option<i64>) -> bool {
+    /// Waits the next backoff step (cut short by the client's first answer
+    /// from etcd); false when told to stop meanwhile (and then already
+    /// finished).
+    async fn back_off(&mut self, ctx: &Ctx, backoff: &mut Backoff, lease: Option<i64>) -> bool {
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => true,
+            _ = ctx.members.first_answer() => true,
             c = self.control.recv() => {
                 self.finish(ctx, c, lease).await;
                 false
@@ -198,20 +206,44 @@ impl Task {
         }
     }
 
-    /// Deregisters (revoking `lease` if known) and reports to whoever asked.
+    /// Deregisters or pauses (revoking `lease` if known) and reports to
+    /// whoever asked. A pause whose revoke failed (etcd down) keeps trying
+    /// to revoke in the background, so the key goes as soon as etcd answers
+    /// rather than a ttl later.
     async fn finish(&mut self, ctx: &Ctx, control: Option<Control>, lease: Option<i64>) {
         let result = match lease {
             Some(id) => self.revoke(ctx, id).await,
             None => Ok(()),
         };
-        self.shared.set(
-            Some(self.epoch),
-            RegistrationState::Deregistered,
-            None,
-            result.clone().err(),
-        );
-        if let Some(Control::Deregister(reply)) = control {
+        let (state, reply) = match control {
+            Some(Control::Pause(reply)) => (RegistrationState::Paused, Some(reply)),
+            Some(Control::Deregister(reply)) => (RegistrationState::Deregistered, Some(reply)),
+            None => (RegistrationState::Deregistered, None),
+        };
+        if let (RegistrationState::Paused, Some(id), Err(_)) = (state, lease, &result) {
+            tokio::spawn(revoke_until_gone(ctx.clone(), id));
+        }
+        self.shared
+            .set(Some(self.epoch), state, None, result.clone().err());
+        if let Some(reply) = reply {
             let _ = reply.send(result);
+        }
+    }
+}
+
+/// Revokes `id` again and again, with backoff, until etcd answers (the lease
+/// revoked, or already gone), for at most [`LATE_GRANT_WINDOW`].
+async fn revoke_until_gone(ctx: Ctx, id: i64) {
+    let deadline = tokio::time::Instant::now() + LATE_GRANT_WINDOW;
+    let mut backoff = Backoff::standard();
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(backoff.next_delay()).await;
+        match revoke(&ctx, id).await {
+            Ok(()) => {
+                log::debug!(target: LOG, "lease {id:x}: revoked after the pause");
+                return;
+            }
+            Err(e) => log::debug!(target: LOG, "lease {id:x}: revoking after a pause: {e}"),
         }
     }
 }

@@ -72,6 +72,8 @@ pub(crate) struct Members {
     cluster_id: AtomicU64,
     /// The client's counters: `connected` is kept here.
     counters: Arc<Counters>,
+    /// Becomes true at the first answer from any member, and stays so.
+    answered_once: watch::Sender<bool>,
 }
 
 impl Members {
@@ -98,7 +100,25 @@ impl Members {
             connect,
             cluster_id: AtomicU64::new(0),
             counters,
+            answered_once: watch::channel(false).0,
         }
+    }
+
+    /// Resolves when a member answers for the first time since the members
+    /// were made; never, once one has answered. Tasks waiting out a backoff
+    /// before the client's first answer try again at once then.
+    pub(crate) async fn first_answer(&self) {
+        let mut rx = self.answered_once.subscribe();
+        if *rx.borrow_and_update() || rx.wait_for(|&v| v).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Some member answered: records the first answer.
+    fn note_answer(&self) {
+        self.counters.set_connected(true);
+        self.answered_once
+            .send_if_modified(|v| !std::mem::replace(v, true));
     }
 
     /// The endpoint of member `i`.
@@ -196,7 +216,7 @@ impl Members {
 
     /// Member `i` answered: prefer it.
     fn answered(&self, i: usize) {
-        self.counters.set_connected(true);
+        self.note_answer();
         if self.members[i].suspect.swap(false, Ordering::Relaxed) && self.members.len() > 1 {
             log::info!(target: LOG, "member {} answers again", self.members[i].endpoint);
         }
@@ -395,7 +415,7 @@ impl Members {
     /// A probe answered: a suspect member is back (but not preferred: the
     /// streams stay where they are).
     fn answered_probe(&self, i: usize) {
-        self.counters.set_connected(true);
+        self.note_answer();
         if self.members[i].suspect.swap(false, Ordering::Relaxed) && self.members.len() > 1 {
             log::info!(target: LOG, "member {} answers again", self.members[i].endpoint);
         }

@@ -86,7 +86,15 @@ impl std::fmt::Debug for Core {
 impl Core {
     /// Starts both threads and connects; returns once etcd answered a status
     /// call, or with the error that prevented it, within `dial_timeout`.
-    pub(crate) fn start(endpoints: Vec<String>, options: ClientOptions) -> Result<Core> {
+    ///
+    /// With `lazy`, returns as soon as the runtime runs (only the options'
+    /// own errors, such as unreadable TLS files, fail it) and dials in the
+    /// background, with backoff, until a member answers (see [`dial`]).
+    pub(crate) fn start(
+        endpoints: Vec<String>,
+        options: ClientOptions,
+        lazy: bool,
+    ) -> Result<Core> {
         let connect = connect_options(&options)?;
         let dial_timeout = options.effective_dial_timeout();
         let counters = Arc::new(Counters::default());
@@ -100,6 +108,7 @@ impl Core {
             dial_timeout,
             tls: options.uses_tls(),
             counters: counters.clone(),
+            lazy,
         };
         let handle = thread::Builder::new()
             .name("etcd-sd-runtime".into())
@@ -118,10 +127,16 @@ impl Core {
             drop_gate: Default::default(),
             counters,
         };
-        // The runtime bounds the dial itself; the margin covers thread start-up.
-        match started_rx.recv_timeout(dial_timeout.saturating_add(Duration::from_secs(2))) {
+        // The runtime bounds the dial itself (a lazy start does not wait for
+        // it); the margin covers thread start-up.
+        let wait = if lazy { Duration::ZERO } else { dial_timeout };
+        match started_rx.recv_timeout(wait.saturating_add(Duration::from_secs(2))) {
             Ok(Ok(())) => Ok(core),
             Ok(Err(e)) => Err(e),
+            Err(cb::RecvTimeoutError::Timeout) if lazy => Err(Error::new(
+                ErrorKind::Timeout,
+                "the runtime thread did not start within 2 s",
+            )),
             Err(cb::RecvTimeoutError::Timeout) => Err(Error::new(
                 ErrorKind::Timeout,
                 format!("etcd did not answer within {dial_timeout:?}"),
@@ -250,6 +265,36 @@ struct Startup {
     dial_timeout: Duration,
     tls: bool,
     counters: Arc<Counters>,
+    /// Answer `started` at once and dial in the background.
+    lazy: bool,
+}
+
+/// Dials until a member answers a status call (each attempt bounded by
+/// `dial_timeout`), waiting between attempts with the standard backoff
+/// (100 ms doubling to 5 s, jittered), so a member that starts is found
+/// within 5 s. Each new kind of failure is logged once. After the first
+/// answer the client is as one made by a connect that succeeded; losses
+/// after that are the tasks' business, as for any client.
+async fn dial(members: Arc<Members>, endpoints: Vec<String>, dial_timeout: Duration, tls: bool) {
+    let mut backoff = crate::backoff::Backoff::standard();
+    let mut last_kind = None;
+    loop {
+        match connect_and_check(&members, &endpoints, dial_timeout, tls).await {
+            Ok(()) => {
+                log::info!(target: "etcd_sd::runtime", "connected to etcd at {endpoints:?}");
+                return;
+            }
+            Err(e) => {
+                if last_kind != Some(e.kind()) {
+                    log::warn!(target: "etcd_sd::runtime", "etcd not answering yet ({e}); dialling in the background");
+                    last_kind = Some(e.kind());
+                } else {
+                    log::debug!(target: "etcd_sd::runtime", "dial failed again: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
 }
 
 fn run_runtime(
@@ -264,6 +309,7 @@ fn run_runtime(
         dial_timeout,
         tls,
         counters,
+        lazy,
     } = startup;
     sigpipe::block_on_this_thread();
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -285,7 +331,9 @@ fn run_runtime(
     };
     rt.block_on(async move {
         let members = Arc::new(Members::new(&endpoints, connect, counters.clone()));
-        if let Err(e) = connect_and_check(&members, &endpoints, dial_timeout, tls).await {
+        if lazy {
+            tokio::spawn(dial(members.clone(), endpoints.clone(), dial_timeout, tls));
+        } else if let Err(e) = connect_and_check(&members, &endpoints, dial_timeout, tls).await {
             let _ = started.send(Err(e));
             return;
         }
@@ -298,7 +346,9 @@ fn run_runtime(
         if started.send(Ok(())).is_err() {
             return; // the caller gave up waiting
         }
-        log::info!(target: "etcd_sd::runtime", "connected to etcd at {endpoints:?}");
+        if !lazy {
+            log::info!(target: "etcd_sd::runtime", "connected to etcd at {endpoints:?}");
+        }
         while let Some(cmd) = commands.recv().await {
             let ctx = ctx.clone();
             match cmd {

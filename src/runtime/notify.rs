@@ -32,6 +32,10 @@ impl Task {
         // From now; then after the last revision seen, so that a broken watch
         // resumes after it and no change goes unnotified.
         let mut position = Position::from_now();
+        // No session was ever created (etcd not answering since the start,
+        // as for a lazy client before its first answer): changes made since
+        // the initial `()` were not watched, so the first creation notifies.
+        let mut unwatched = false;
         loop {
             // After a break etcd may hold another history, even one that got
             // past our revision (wiped, then written again): the creation of
@@ -41,7 +45,7 @@ impl Task {
             let end = prefix_watch::session(&ctx, &self.prefix, &mut position, |resp| {
                 if resp.created() {
                     backoff.reset();
-                    if resumed && !self.notify() {
+                    if (resumed || std::mem::take(&mut unwatched)) && !self.notify() {
                         return ControlFlow::Break(());
                     }
                 }
@@ -73,7 +77,11 @@ impl Task {
                 End::Broken(e) => {
                     log::debug!(target: LOG, "{}: watch broke: {e}", self.prefix);
                     ctx.refresh_auth(&e).await;
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    unwatched |= position.revision == 0;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = ctx.members.first_answer() => {}
+                    }
                 }
             }
         }

@@ -277,6 +277,130 @@ static void test_registrar(void) {
   etcd_sd_client_free(c);
 }
 
+/* ---------------------------------------------------------------- drain */
+
+static etcd_sd_registration_state state_of(const etcd_sd_registrar *r) {
+  etcd_sd_registration_state st = -1;
+  if (etcd_sd_registrar_state(r, &st) != ETCD_SD_OK) return -1;
+  return st;
+}
+
+static void test_pause_and_resume(void) {
+  etcd_sd_client *c = NULL;
+  CHECK_OK(connect_client(&c));
+  char p[160], key[200];
+  prefix_for(p, sizeof p, "pause");
+  snprintf(key, sizeof key, "%ssvc", p);
+
+  CHECK_STATUS(etcd_sd_registrar_pause(NULL), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(etcd_sd_registrar_resume(NULL), ETCD_SD_ERR_INVALID_ARGUMENT);
+  etcd_sd_registration_state st = 77;
+  CHECK_STATUS(etcd_sd_registrar_state(NULL, &st), ETCD_SD_ERR_INVALID_ARGUMENT);
+
+  etcd_sd_registrar *r = NULL;
+  CHECK_OK(etcd_sd_registrar_new(c, key, "svc:1", 500, 2000, &r));
+  CHECK_STATUS(etcd_sd_registrar_state(r, NULL), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK(state_of(r) == ETCD_SD_STATE_UNREGISTERED);
+  CHECK_OK(etcd_sd_registrar_pause(r)); /* before register: fine */
+  CHECK(state_of(r) == ETCD_SD_STATE_PAUSED);
+  CHECK(entries_len(c, p) == 0);
+  CHECK_OK(etcd_sd_registrar_resume(r)); /* resume is register */
+  CHECK(state_of(r) == ETCD_SD_STATE_REGISTERED);
+  int64_t lease = etcd_sd_registrar_lease_id(r);
+  CHECK(lease != 0);
+  CHECK(entries_len(c, p) == 1);
+
+  CHECK_OK(etcd_sd_registrar_pause(r));
+  CHECK(state_of(r) == ETCD_SD_STATE_PAUSED);
+  CHECK(etcd_sd_registrar_lease_id(r) == 0);
+  CHECK(entries_len(c, p) == 0); /* the lease is revoked: the key is gone at once */
+  CHECK_OK(etcd_sd_registrar_pause(r)); /* twice: fine */
+  sleep_ms(2500);                       /* past the ttl: nothing brings it back */
+  CHECK(entries_len(c, p) == 0);
+  CHECK(state_of(r) == ETCD_SD_STATE_PAUSED);
+
+  CHECK_OK(etcd_sd_registrar_resume(r));
+  CHECK(state_of(r) == ETCD_SD_STATE_REGISTERED);
+  CHECK(etcd_sd_registrar_lease_id(r) != 0 && etcd_sd_registrar_lease_id(r) != lease);
+  CHECK(entries_len(c, p) == 1);
+
+  etcd_sd_stats stats;
+  CHECK_OK(etcd_sd_client_stats(c, &stats, sizeof stats));
+  CHECK(stats.registered == 1 && stats.registrars == 1);
+  CHECK_OK(etcd_sd_registrar_pause(r));
+  CHECK_OK(etcd_sd_client_stats(c, &stats, sizeof stats));
+  CHECK(stats.registered == 0 && stats.registrars == 1);
+
+  CHECK_OK(etcd_sd_registrar_deregister(r)); /* after pause: fine */
+  CHECK(state_of(r) == ETCD_SD_STATE_DEREGISTERED);
+  CHECK(entries_len(c, p) == 0);
+  etcd_sd_registrar_free(r);
+  etcd_sd_client_free(c);
+}
+
+/* ---------------------------------------------------------------- lazy client */
+
+static void test_lazy_client(void) {
+  etcd_sd_client_options o;
+  etcd_sd_client_options_init(&o);
+  o.request_timeout_ms = 1000 * (uint64_t)slow_factor();
+  etcd_sd_client *c = (etcd_sd_client *)1;
+  const char *eps[1];
+
+  /* The arguments are checked as etcd_sd_client_new checks them. */
+  eps[0] = g_endpoint;
+  CHECK_STATUS(etcd_sd_client_new_lazy(eps, 1, NULL, NULL), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(etcd_sd_client_new_lazy(NULL, 1, NULL, &c), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK(c == NULL);
+  CHECK_STATUS(etcd_sd_client_new_lazy(eps, 0, NULL, &c), ETCD_SD_ERR_INVALID_ARGUMENT);
+  eps[0] = "host:notaport";
+  CHECK_STATUS(etcd_sd_client_new_lazy(eps, 1, NULL, &c), ETCD_SD_ERR_INVALID_ARGUMENT);
+  eps[0] = BAD_UTF8;
+  CHECK_STATUS(etcd_sd_client_new_lazy(eps, 1, NULL, &c), ETCD_SD_ERR_INVALID_ARGUMENT);
+  eps[0] = "127.0.0.1:1";
+  o.ca_cert = "/nonexistent/etcd-sd-ca.pem";
+  CHECK_STATUS(etcd_sd_client_new_lazy(eps, 1, &o, &c), ETCD_SD_ERR_TLS);
+  CHECK(c == NULL);
+  o.ca_cert = NULL;
+
+  /* Nothing listens on port 1: made at once; calls fail in time. */
+  CHECK_OK(etcd_sd_client_new_lazy(eps, 1, &o, &c));
+  CHECK(c != NULL);
+  etcd_sd_stats stats;
+  CHECK_OK(etcd_sd_client_stats(c, &stats, sizeof stats));
+  CHECK(stats.connected == 0);
+  etcd_sd_strings *s = NULL;
+  etcd_sd_status got = etcd_sd_client_get_entries(c, "/x/", &s);
+  CHECK(got == ETCD_SD_ERR_TIMEOUT || got == ETCD_SD_ERR_UNAVAILABLE);
+  CHECK(s == NULL);
+  etcd_sd_instancer *i = NULL;
+  got = etcd_sd_instancer_new(c, "/x/", &i);
+  CHECK(got == ETCD_SD_ERR_TIMEOUT || got == ETCD_SD_ERR_UNAVAILABLE);
+  CHECK(i == NULL);
+  etcd_sd_registrar *r = NULL;
+  CHECK_OK(etcd_sd_registrar_new(c, "/x/svc", "v", 0, 0, &r));
+  got = etcd_sd_registrar_register(r);
+  CHECK(got == ETCD_SD_ERR_TIMEOUT || got == ETCD_SD_ERR_UNAVAILABLE);
+  CHECK(state_of(r) == ETCD_SD_STATE_REGISTERING); /* still trying */
+  CHECK_OK(etcd_sd_registrar_pause(r));            /* no lease yet: Ok */
+  CHECK(state_of(r) == ETCD_SD_STATE_PAUSED);
+  etcd_sd_registrar_free(r);
+  etcd_sd_client_free(c); /* never waits for etcd */
+
+  /* With etcd up it is a client like any other. */
+  eps[0] = g_endpoint;
+  c = NULL;
+  CHECK_OK(etcd_sd_client_new_lazy(eps, 1, NULL, &c));
+  char p[160];
+  prefix_for(p, sizeof p, "lazy");
+  r = put(c, p, "svc", "svc:1");
+  CHECK(r != NULL);
+  CHECK(entries_len(c, p) == 1);
+  etcd_sd_registrar_free(r);
+  CHECK(entries_len(c, p) == 0);
+  etcd_sd_client_free(c);
+}
+
 /* ---------------------------------------------------------------- instancer */
 
 static void test_instancer_and_subscription(void) {
@@ -946,6 +1070,8 @@ int main(void) {
       {"client_new_errors", test_client_new_errors},
       {"client_and_entries", test_client_and_entries},
       {"registrar", test_registrar},
+      {"pause_and_resume", test_pause_and_resume},
+      {"lazy_client", test_lazy_client},
       {"instancer_and_subscription", test_instancer_and_subscription},
       {"callbacks_order_and_drop_once", test_callbacks_order_and_drop_once},
       {"callback_removes_itself", test_callback_removes_itself},

@@ -296,6 +296,59 @@ void test_stats() {
   CHECK(s.registrars == 1 && s.registered == 1 && s.registrations == 1);
 }
 
+void test_lazy_client_and_drain() {
+  using S = etcd_sd::RegistrationState;
+  etcd_sd::ClientOptions o;
+  o.request_timeout = 1s;
+  CHECK_THROWS(etcd_sd::Client::connect_lazy(std::vector<std::string>{}),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS(etcd_sd::Client::connect_lazy({"host:notaport"}), ETCD_SD_ERR_INVALID_ARGUMENT);
+  {
+    // Nothing listens on port 1: made at once; calls throw in time.
+    etcd_sd::Client down = etcd_sd::Client::connect_lazy({"127.0.0.1:1"}, o);
+    CHECK(down.stats().connected == 0);
+    try {
+      (void)down.get_entries("/x/");
+      CHECK(false);
+    } catch (const etcd_sd::Error &e) {
+      CHECK(e.status() == ETCD_SD_ERR_UNAVAILABLE || e.status() == ETCD_SD_ERR_TIMEOUT);
+    }
+    etcd_sd::Registrar r(down, "/x/svc", "v");
+    try {
+      r.register_service();
+      CHECK(false);
+    } catch (const etcd_sd::Error &e) {
+      CHECK(e.status() == ETCD_SD_ERR_UNAVAILABLE || e.status() == ETCD_SD_ERR_TIMEOUT);
+    }
+    CHECK(r.state() == S::Registering);
+    r.pause();
+    CHECK(r.state() == S::Paused);
+  }
+  // With etcd up: a client like any other; pause and resume.
+  etcd_sd::Client c = etcd_sd::Client::connect_lazy({g_endpoint});
+  std::string p = prefix("drain");
+  etcd_sd::Registrar r(c, p + "a", "value-a", 500ms, 2s);
+  CHECK(r.state() == S::Unregistered);
+  r.register_service();
+  CHECK(r.state() == S::Registered);
+  std::int64_t lease = r.lease_id();
+  CHECK(c.get_entries(p) == std::vector<std::string>{"value-a"});
+  r.pause();
+  CHECK(r.state() == S::Paused);
+  CHECK(r.lease_id() == 0);
+  CHECK(c.get_entries(p).empty());
+  r.pause();  // twice: fine
+  CHECK(c.stats().registered == 0);
+  r.resume();
+  CHECK(r.state() == S::Registered);
+  CHECK(r.lease_id() != 0 && r.lease_id() != lease);
+  CHECK(c.get_entries(p) == std::vector<std::string>{"value-a"});
+  r.pause();
+  r.deregister_service();  // after pause: fine
+  CHECK(r.state() == S::Deregistered);
+  CHECK(c.get_entries(p).empty());
+}
+
 int main() {
   const char *ep = std::getenv("ETCD_SD_TEST_ENDPOINT");
   if (!ep || !*ep) {
@@ -315,6 +368,7 @@ int main() {
       {"subscription", test_subscription},
       {"balancer_and_retry", test_balancer_and_retry},
       {"stats", test_stats},
+      {"lazy_client_and_drain", test_lazy_client_and_drain},
   };
   int passed = 0, failed = 0;
   for (auto &t : tests) {
