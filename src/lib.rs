@@ -225,6 +225,7 @@ mod registrar;
 mod registration;
 mod runtime;
 pub mod sd;
+mod snapshot;
 mod stats;
 
 /// The channels updates arrive on: a re-export of `crossbeam_channel`.
@@ -232,7 +233,7 @@ pub use crossbeam_channel as channel;
 
 pub use client::Client;
 pub use error::{BoxError, Error, ErrorKind, Result};
-pub use instancer::{CallbackId, Instancer};
+pub use instancer::{CallbackId, Instancer, InstancerOptions};
 pub use instances::{Event, Instances, Iter};
 pub use options::{ClientOptions, Service, TtlOption};
 pub use registrar::Registrar;
