@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::client::Client;
 use crate::dispatch::Topic;
 use crate::error::{Error, Result};
-use crate::instances::Event;
+use crate::instances::{Event, Instances};
 use crate::options::validate_prefix;
 use crate::runtime::discover::Task;
 use crate::runtime::{wait_reply, Command, Core};
@@ -89,6 +89,30 @@ impl InstancerOptions {
         InstancerOptions {
             snapshot_max_age: Some(age),
             ..self
+        }
+    }
+
+    /// The snapshot file set with [`snapshot_file`](InstancerOptions::snapshot_file).
+    pub fn snapshot_path(&self) -> Option<&std::path::Path> {
+        self.snapshot_file.as_deref()
+    }
+
+    /// Reads the snapshot file for `prefix` as [`Instancer::with_options`]
+    /// does at a cold start, without etcd: `None` when there is no file set,
+    /// no file, or one that cannot be used (which is logged as a warning,
+    /// as there). For tools that show the last known instances while etcd is
+    /// unreachable.
+    ///
+    /// ```
+    /// use etcd_sd::InstancerOptions;
+    /// let options = InstancerOptions::new().snapshot_file("/nonexistent/barsvc.snapshot");
+    /// assert!(options.read_snapshot("/services/barsvc/").is_none());
+    /// ```
+    pub fn read_snapshot(&self, prefix: &str) -> Option<Instances> {
+        let path = self.snapshot_file.as_deref()?;
+        match snapshot::load(path, prefix, self.max_age()) {
+            snapshot::Found::Loaded(l) => Some(l.instances),
+            _ => None,
         }
     }
 
