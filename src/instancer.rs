@@ -55,6 +55,7 @@ impl CallbackId {
 ///     .snapshot_max_age(Duration::from_secs(6 * 3600));
 /// let instancer = Instancer::with_options(&client, "/services/barsvc/", options)?;
 /// let now = instancer.current(); // etcd's state, or the file's with `err` set
+/// println!("{:?} {:?}", now.instances, now.err);
 /// # Ok::<(), etcd_sd::Error>(())
 /// ```
 #[derive(Clone, Debug, Default)]
