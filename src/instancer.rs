@@ -439,7 +439,9 @@ impl Instancer {
     /// the events they already hold) and removes callbacks, as
     /// [`remove_callback`](Instancer::remove_callback) does (so it waits for a
     /// callback that is running on the dispatcher, at most `request_timeout`).
-    /// Calling it twice is fine; it never blocks on etcd.
+    /// Calling it twice is fine; it never blocks on etcd. With a snapshot
+    /// file ([`with_options`](Instancer::with_options)), it also writes the
+    /// state not yet written and ends the writer thread, waiting for it.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
         self.topic.stop();

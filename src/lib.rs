@@ -96,6 +96,10 @@
 //! * **Outages are reported once.** While etcd is unreachable subscribers get
 //!   one Event with `err` set and the **last good** instances, then an Event
 //!   without `err` when it is back.
+//! * **Cold starts.** [`Instancer::with_options`] never fails because etcd
+//!   is unreachable: it starts from a snapshot file
+//!   ([`InstancerOptions::snapshot_file`]) with `err` set, and the file,
+//!   written atomically within 1 s of every change, is never left partial.
 //! * **Subscribers cannot block.** A channel that is full is skipped and
 //!   given the latest snapshot once it has room (intermediate states may be
 //!   coalesced). A callback may remove itself or stop its instancer; one that

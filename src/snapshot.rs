@@ -252,8 +252,12 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    // The rename is durable once the directory is.
-    File::open(&dir)?.sync_all()
+    // The rename is durable once the directory is. Some file systems cannot
+    // fsync a directory; the file itself is whole either way.
+    if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+        log::debug!(target: LOG, "fsync of directory {}: {e}", dir.display());
+    }
+    Ok(())
 }
 
 /// What the discovery task hands over and the writer takes.
