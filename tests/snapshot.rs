@@ -575,3 +575,44 @@ fn timing_child() {
     let inst = Instancer::with_options(&c, &prefix, with_snapshot(Path::new(&path))).unwrap();
     assert_eq!(inst.current().instances.len(), n);
 }
+
+#[test]
+fn two_instancers_on_one_file_leave_it_whole() {
+    let etcd = EtcdServer::start();
+    let prefix = unique_prefix("snap-two");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.snapshot");
+    let c1 = client(&etcd);
+    let c2 = client(&etcd);
+    let a = Instancer::with_options(&c1, &prefix, with_snapshot(&path)).unwrap();
+    let b = Instancer::with_options(&c2, &prefix, with_snapshot(&path)).unwrap();
+    let raw = RawEtcd::connect(&etcd.endpoint());
+    let mut existed: HashSet<Vec<String>> = HashSet::new();
+    existed.insert(Vec::new());
+    let mut live = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        let v = format!("v{:03}", i % 37);
+        if live.contains(&v) {
+            raw.delete(format!("{prefix}{v}"));
+            live.remove(&v);
+        } else {
+            raw.put(format!("{prefix}{v}"), &v);
+            live.insert(v);
+        }
+        existed.insert(live.iter().cloned().collect());
+        if i % 10 == 0 {
+            if let Some((_, l)) = read_file(&path) {
+                assert!(existed.contains(&l), "a set that never existed");
+            }
+        }
+        std::thread::sleep(ms(5));
+    }
+    let want: Vec<String> = live.iter().cloned().collect();
+    assert!(
+        wait_until(secs(3), || read_file(&path).is_some_and(|(_, l)| l == want)),
+        "both end with etcd's state"
+    );
+    drop((a, b));
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporary file left");
+}
