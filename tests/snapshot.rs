@@ -616,3 +616,25 @@ fn two_instancers_on_one_file_leave_it_whole() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(names.len(), 1, "no temporary file left");
 }
+
+#[test]
+fn a_frozen_etcd_costs_one_request_timeout() {
+    let mut etcd = EtcdServer::start();
+    let prefix = unique_prefix("snap-frozen");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("svc.snapshot");
+    std::fs::write(&path, file_bytes(&prefix, 1, now_ms(), &["old"])).unwrap();
+    etcd.put(&format!("{prefix}k"), "new");
+    let c = connect_with(&etcd, options(secs(1)));
+    etcd.pause(); // SIGSTOP: connections stay open, nothing answers
+    let t = Instant::now();
+    let inst = Instancer::with_options(&c, &prefix, with_snapshot(&path)).unwrap();
+    let took = t.elapsed();
+    assert!(took < ms(1500), "took {took:?} (request_timeout 1 s)");
+    let now = inst.current();
+    assert_eq!(instances(&now), strs(&["old"]), "{}", describe(&now));
+    assert!(is_outage(kind_of(&now)), "{}", describe(&now));
+    let rx = inst.subscribe();
+    etcd.resume();
+    recv_instances(&rx, secs(15), &["new"]);
+}
