@@ -587,6 +587,42 @@ etcd_sd_status etcd_sd_instancer_new(const struct etcd_sd_client *c,
                                      struct etcd_sd_instancer **out);
 
 /**
+ * Like `etcd_sd_instancer_new`, but never fails because etcd does not
+ * answer, and optionally keeps a snapshot file to start from (the C side of
+ * `Instancer::with_options`).
+ *
+ * Waits for the first read at most `request_timeout_ms`. When etcd answers
+ * it is `etcd_sd_instancer_new`: the first event is etcd's state. When it
+ * does not, it returns `ETCD_SD_OK` anyway: the instancer's first event has
+ * the error (`ETCD_SD_ERR_UNAVAILABLE` or `ETCD_SD_ERR_TIMEOUT` from
+ * `etcd_sd_event_error`) and the instances of the snapshot file (none
+ * without a usable one); it keeps trying, and an event without error and
+ * with etcd's state follows when etcd answers.
+ *
+ * `snapshot_path` (NULL: no file) is written within 1 s of every change
+ * etcd reports, atomically (a temporary file in the same directory, fsync,
+ * rename, fsync of the directory), from a thread of its own. A relative
+ * path is taken from the current directory now. A file that is unreadable,
+ * corrupt, of another prefix or format version, or older than `max_age_ms`
+ * (0: 24 hours) is ignored with one warning in the log; a place that
+ * cannot be written is one warning, and discovery goes on. On Unix the path
+ * is taken as bytes; elsewhere it must be UTF-8.
+ *
+ * On success `*out` is a new instancer to free with
+ * `etcd_sd_instancer_free`; on failure NULL.
+ *
+ * Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for a NULL `c`,
+ * `prefix` or `out`, a non-UTF-8 or empty prefix; `ETCD_SD_ERR_CLOSED` when
+ * the client's runtime is gone. Never an error because of etcd or of the
+ * snapshot file.
+ */
+etcd_sd_status etcd_sd_instancer_new_with_snapshot(const struct etcd_sd_client *c,
+                                                   const char *prefix,
+                                                   const char *snapshot_path,
+                                                   uint64_t max_age_ms,
+                                                   struct etcd_sd_instancer **out);
+
+/**
  * Stops watching: cancels the etcd watch, removes every callback (each
  * `drop` runs after its last call) and ends every subscription (after the
  * events it already holds). Never blocks on etcd; calling it twice is fine.

@@ -8,18 +8,21 @@
 //! the dispatcher thread hands it to subscribers.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel as cb;
 use tokio::sync::watch;
 
 use crate::client::Client;
 use crate::dispatch::Topic;
-use crate::error::Result;
-use crate::instances::Event;
+use crate::error::{Error, Result};
+use crate::instances::{Event, Instances};
 use crate::options::validate_prefix;
 use crate::runtime::discover::Task;
 use crate::runtime::{wait_reply, Command, Core};
+use crate::snapshot::{self, Writer};
 use crate::stats::Gauge;
 
 const LOG: &str = "etcd_sd::instancer";
@@ -37,6 +40,85 @@ impl CallbackId {
     /// The number behind the id (what the C API hands out).
     pub fn as_u64(self) -> u64 {
         self.0
+    }
+}
+
+/// Options of [`Instancer::with_options`]: a snapshot file to start from
+/// when etcd is down, and to keep up to date while it is up.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use etcd_sd::{Client, ClientOptions, Instancer, InstancerOptions};
+/// let client = Client::connect(&["127.0.0.1:2379"], ClientOptions::default())?;
+/// let options = InstancerOptions::new()
+///     .snapshot_file("/var/lib/myapp/barsvc.snapshot")
+///     .snapshot_max_age(Duration::from_secs(6 * 3600));
+/// let instancer = Instancer::with_options(&client, "/services/barsvc/", options)?;
+/// let now = instancer.current(); // etcd's state, or the file's with `err` set
+/// println!("{:?} {:?}", now.instances, now.err);
+/// # Ok::<(), etcd_sd::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct InstancerOptions {
+    snapshot_file: Option<PathBuf>,
+    snapshot_max_age: Option<Duration>,
+}
+
+impl InstancerOptions {
+    /// No snapshot file; the max age at its default (24 h).
+    pub fn new() -> InstancerOptions {
+        InstancerOptions::default()
+    }
+
+    /// Keep the instances in `path`, and start from it when etcd does not
+    /// answer. A relative path is taken from the current directory when
+    /// [`Instancer::with_options`] is called. The directory must exist; the
+    /// file is written within 1 s of every change etcd reports, atomically
+    /// (see [`Instancer::with_options`]).
+    pub fn snapshot_file(self, path: impl Into<PathBuf>) -> InstancerOptions {
+        InstancerOptions {
+            snapshot_file: Some(path.into()),
+            ..self
+        }
+    }
+
+    /// A snapshot file written longer ago than `age` is ignored (with a
+    /// warning). Default 24 h. While etcd keeps confirming an unchanged set,
+    /// the file is written again every quarter of `age` (at most every
+    /// hour), so that it does not age while the process runs.
+    pub fn snapshot_max_age(self, age: Duration) -> InstancerOptions {
+        InstancerOptions {
+            snapshot_max_age: Some(age),
+            ..self
+        }
+    }
+
+    /// The snapshot file set with [`snapshot_file`](InstancerOptions::snapshot_file).
+    pub fn snapshot_path(&self) -> Option<&std::path::Path> {
+        self.snapshot_file.as_deref()
+    }
+
+    /// Reads the snapshot file for `prefix` as [`Instancer::with_options`]
+    /// does at a cold start, without etcd: `None` when there is no file set,
+    /// no file, or one that cannot be used (which is logged as a warning,
+    /// as there). For tools that show the last known instances while etcd is
+    /// unreachable.
+    ///
+    /// ```
+    /// use etcd_sd::InstancerOptions;
+    /// let options = InstancerOptions::new().snapshot_file("/nonexistent/barsvc.snapshot");
+    /// assert!(options.read_snapshot("/services/barsvc/").is_none());
+    /// ```
+    pub fn read_snapshot(&self, prefix: &str) -> Option<Instances> {
+        let path = self.snapshot_file.as_deref()?;
+        match snapshot::load(path, prefix, self.max_age()) {
+            snapshot::Found::Loaded(l) => Some(l.instances),
+            _ => None,
+        }
+    }
+
+    fn max_age(&self) -> Duration {
+        self.snapshot_max_age.unwrap_or(snapshot::DEFAULT_MAX_AGE)
     }
 }
 
@@ -83,6 +165,8 @@ pub struct Instancer {
     prefix: String,
     topic: Arc<Topic>,
     stop: watch::Sender<bool>,
+    /// The snapshot file's writer thread, when there is a file.
+    writer: parking_lot::Mutex<Option<Writer>>,
 }
 
 impl fmt::Debug for Instancer {
@@ -108,6 +192,107 @@ impl Instancer {
     ///   (go-kit returns the error of its first read too);
     /// * `Closed`: the client's runtime is gone.
     pub fn new(client: &Client, prefix: &str) -> Result<Instancer> {
+        let (instancer, ready_rx) = Instancer::start(client, prefix, |task| task, None)?;
+        wait_reply(
+            &ready_rx,
+            instancer._core.request_timeout(),
+            "first read of the prefix",
+        )?;
+        Ok(instancer)
+    }
+
+    /// Like [`new`](Instancer::new), but never fails because etcd does not
+    /// answer, and optionally keeps a snapshot file to start from.
+    ///
+    /// It waits for the first read at most `request_timeout`. When etcd
+    /// answers, it behaves exactly as `new`: the first Event and `current()`
+    /// are etcd's state, never the file's. When it does not (or refuses the
+    /// read), it returns anyway with an Instancer whose `current()` holds the
+    /// error (`Unavailable` or `Timeout` when etcd is down) and the instances
+    /// of the snapshot file (none without a usable one); it keeps trying with
+    /// backoff, and a clean Event with etcd's state follows when etcd answers.
+    ///
+    /// # The snapshot file
+    /// One line of JSON (a format name and version, the prefix, the etcd
+    /// revision, the time written in Unix milliseconds, the instances in
+    /// sorted order) and a line `crc32 <8 hex digits>`, a CRC-32 of every
+    /// byte before it. It is written on a thread of its own
+    /// (`etcd-sd-snapshot`, one per Instancer with a file, ended by
+    /// [`stop`](Instancer::stop) or drop), within 1 s of every change etcd
+    /// reports (changes close together are written once), and only states
+    /// that came from etcd: an Instancer that started from the file and has
+    /// not heard from etcd does not rewrite it. Every write is atomic: a
+    /// temporary file in the same directory, fsync, rename over the file,
+    /// fsync of the directory; a process killed at any moment leaves the old
+    /// file or the new one.
+    ///
+    /// A file that cannot be read, is corrupt or truncated, was written for
+    /// another prefix or in an unknown format version, or is older than
+    /// [`snapshot_max_age`](InstancerOptions::snapshot_max_age) is ignored
+    /// with one `warn` log record, never partly used. A directory that
+    /// cannot be written (or a directory in the way of the file) is one
+    /// `warn` record until a write succeeds again; discovery goes on, and
+    /// what is in the way is left as it is.
+    ///
+    /// Two Instancers (in one process or two) on the same file with the same
+    /// prefix are safe: each write is whole, and the file holds the last one
+    /// written. Give each prefix a file of its own: a file of another prefix
+    /// is ignored at start.
+    ///
+    /// # Errors
+    /// Only `InvalidArgument` (an empty prefix) and `Closed` (the client's
+    /// runtime is gone); never because of etcd or of the snapshot file.
+    pub fn with_options(
+        client: &Client,
+        prefix: &str,
+        options: InstancerOptions,
+    ) -> Result<Instancer> {
+        validate_prefix(prefix)?;
+        let max_age = options.max_age();
+        let path = options.snapshot_file.as_ref().map(|p| {
+            // Relative to the directory of now, whatever a later chdir does.
+            std::path::absolute(p).unwrap_or_else(|_| p.clone())
+        });
+        let found = path.as_deref().map(|p| snapshot::load(p, prefix, max_age));
+        let warned = matches!(found, Some(snapshot::Found::DirectoryInTheWay));
+        let initial = match found {
+            Some(snapshot::Found::Loaded(l)) => l.instances,
+            _ => Default::default(),
+        };
+        let writer = path.and_then(|p| Writer::start(p, prefix, max_age, warned));
+        let feed = writer.as_ref().map(Writer::feed);
+        let first = initial.clone();
+        let (instancer, ready_rx) = Instancer::start(
+            client,
+            prefix,
+            move |task| task.tolerant(first, feed),
+            writer,
+        )?;
+        match ready_rx.recv_timeout(instancer._core.request_timeout()) {
+            // Success or failure, the task has published it.
+            Ok(_) => {}
+            Err(cb::RecvTimeoutError::Timeout) => {
+                // Unless the task published meanwhile: the read took too long.
+                instancer.topic.publish_first(Event {
+                    instances: initial,
+                    err: Some(Error::timeout("first read of the prefix")),
+                });
+            }
+            Err(cb::RecvTimeoutError::Disconnected) => {
+                return Err(Error::closed("client runtime"));
+            }
+        }
+        Ok(instancer)
+    }
+
+    /// Starts the task (`make` adjusts it) and the handle; the receiver hears
+    /// the outcome of the first read.
+    fn start(
+        client: &Client,
+        prefix: &str,
+        make: impl FnOnce(Task) -> Task,
+        writer: Option<Writer>,
+    ) -> Result<(Instancer, cb::Receiver<Result<()>>)> {
         validate_prefix(prefix)?;
         if !prefix.ends_with('/') {
             log::warn!(target: LOG, "prefix {prefix:?} does not end with '/': it also matches keys that merely start with it");
@@ -116,12 +301,12 @@ impl Instancer {
         let topic = Topic::new(prefix.to_owned(), core.dispatcher.clone());
         let (stop, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = cb::bounded(1);
-        core.send(Command::Watch(Task::new(
+        core.send(Command::Watch(make(Task::new(
             prefix.to_owned(),
             topic.clone(),
             stop_rx,
             ready_tx,
-        )))?;
+        ))))?;
         // Counted from here; the drop (also of a failed `new`) uncounts it.
         core.counters.up(Gauge::Instancers);
         let instancer = Instancer {
@@ -129,13 +314,9 @@ impl Instancer {
             prefix: prefix.to_owned(),
             topic,
             stop,
+            writer: parking_lot::Mutex::new(writer),
         };
-        wait_reply(
-            &ready_rx,
-            core.request_timeout(),
-            "first read of the prefix",
-        )?;
-        Ok(instancer)
+        Ok((instancer, ready_rx))
     }
 
     /// The prefix being watched.
@@ -258,10 +439,17 @@ impl Instancer {
     /// the events they already hold) and removes callbacks, as
     /// [`remove_callback`](Instancer::remove_callback) does (so it waits for a
     /// callback that is running on the dispatcher, at most `request_timeout`).
-    /// Calling it twice is fine; it never blocks on etcd.
+    /// Calling it twice is fine; it never blocks on etcd. With a snapshot
+    /// file ([`with_options`](Instancer::with_options)), it also writes the
+    /// state not yet written and ends the writer thread, waiting for it.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
         self.topic.stop();
+        // The snapshot writer writes what is pending and ends.
+        let writer = self.writer.lock().take();
+        if let Some(mut writer) = writer {
+            writer.stop();
+        }
     }
 
     /// True once [`stop`](Instancer::stop) was called.

@@ -96,6 +96,10 @@
 //! * **Outages are reported once.** While etcd is unreachable subscribers get
 //!   one Event with `err` set and the **last good** instances, then an Event
 //!   without `err` when it is back.
+//! * **Cold starts.** [`Instancer::with_options`] never fails because etcd
+//!   is unreachable: it starts from a snapshot file
+//!   ([`InstancerOptions::snapshot_file`]) with `err` set, and the file,
+//!   written atomically within 1 s of every change, is never left partial.
 //! * **Subscribers cannot block.** A channel that is full is skipped and
 //!   given the latest snapshot once it has room (intermediate states may be
 //!   coalesced). A callback may remove itself or stop its instancer; one that
@@ -232,6 +236,7 @@ mod registrar;
 mod registration;
 mod runtime;
 pub mod sd;
+mod snapshot;
 mod stats;
 
 /// The channels updates arrive on: a re-export of `crossbeam_channel`.
@@ -239,7 +244,7 @@ pub use crossbeam_channel as channel;
 
 pub use client::Client;
 pub use error::{BoxError, Error, ErrorKind, Result};
-pub use instancer::{CallbackId, Instancer};
+pub use instancer::{CallbackId, Instancer, InstancerOptions};
 pub use instances::{Event, Instances, Iter};
 pub use options::{ClientOptions, Service, TtlOption};
 pub use registrar::Registrar;

@@ -12,6 +12,9 @@
 //!   `tests/c/scenario_test.c`, told by this driver when etcd was killed and
 //!   restarted (every blocking call fails in time, events carry the error and
 //!   the last good set, recovery), or run against etcd with auth enabled.
+//! * `c_scenario_cold_start_from_a_snapshot`: the same program, an
+//!   instancer with a snapshot file started while etcd is killed starts
+//!   from the file, then follows etcd once it is restarted.
 //! * `c_suite_under_valgrind` (ignored by default; `make test-c` runs it):
 //!   the C suite under valgrind; definite leaks and memory errors fail.
 //!
@@ -423,6 +426,12 @@ fn run_scenario(mode: &str, etcd: &mut EtcdServer, env: &[(&str, &str)]) {
 fn c_scenario_etcd_outage() {
     let mut etcd = EtcdServer::start();
     run_scenario("outage", &mut etcd, &[]);
+}
+
+#[test]
+fn c_scenario_cold_start_from_a_snapshot() {
+    let mut etcd = EtcdServer::start();
+    run_scenario("snapshot", &mut etcd, &[]);
 }
 
 /// A C host keeps SIGPIPE's default action; the library's writes to a

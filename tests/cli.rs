@@ -532,3 +532,68 @@ fn control_characters_in_values_are_escaped_one_instance_per_line() {
     watch.signal("TERM");
     assert_eq!(watch.wait(Duration::from_secs(15)).0, Some(0));
 }
+
+#[test]
+fn list_and_watch_with_a_snapshot_when_etcd_is_down() {
+    let mut etcd = EtcdServer::start();
+    let p = unique_prefix("cli-snapshot");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svc.snapshot");
+    let file = file.to_str().unwrap();
+    etcd.put(&format!("{p}1"), "http://a");
+    etcd.put(&format!("{p}2"), "http://b");
+    // etcd up: etcd's values, and the file is written.
+    let o = run(at(&etcd).args(["list", &p, "--snapshot", file]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "http://a\nhttp://b\n");
+    let text = std::fs::read_to_string(file).expect("snapshot written by list");
+    assert!(
+        text.contains("\"http://a\"") && text.contains("\"http://b\""),
+        "{text}"
+    );
+
+    // etcd down: the file's instances, marked as such, status 6.
+    etcd.kill();
+    let down = ["--dial-timeout", "1s", "--request-timeout", "1s"];
+    let o = run(at(&etcd).args(["list", &p, "--snapshot", file]).args(down));
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "http://a\nhttp://b\n");
+    assert!(stderr(&o).contains("snapshot"), "{}", stderr(&o));
+    let o = run(at(&etcd)
+        .args(["list", &p, "--json", "--snapshot", file])
+        .args(down));
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "[\"http://a\",\"http://b\"]\n");
+    // Without a usable file: unreachable (3), nothing printed.
+    let o = run(at(&etcd)
+        .args(["list", "/other/", "--snapshot", file])
+        .args(down));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+    assert!(stderr(&o).contains("no usable snapshot"), "{}", stderr(&o));
+
+    // watch: the snapshot as an error event, then etcd's state once it is back.
+    let mut watch = Running::spawn(
+        at(&etcd)
+            .args(["watch", &p, "--json", "--snapshot", file])
+            .args(down),
+    );
+    let line = watch.expect_line("\"error\":{\"kind\":", Duration::from_secs(15));
+    assert!(
+        line.contains(r#""instances":["http://a","http://b"]"#),
+        "{line}"
+    );
+    assert!(line.contains("snapshot"), "{line}");
+    etcd.restart();
+    etcd.put(&format!("{p}3"), "http://c");
+    let line = watch.expect_line("http://c", Duration::from_secs(30));
+    assert!(line.ends_with("\"error\":null}"), "{line}");
+    watch.signal("INT");
+    let (code, _) = watch.wait(Duration::from_secs(15));
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(
+        text.contains("\"http://c\""),
+        "watch keeps the file: {text}"
+    );
+}

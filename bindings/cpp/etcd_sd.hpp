@@ -448,6 +448,16 @@ class Balancer {
   detail::Handle<etcd_sd_balancer, etcd_sd_balancer_free> handle_;
 };
 
+/// Options of an Instancer that starts while etcd may be down
+/// (etcd_sd_instancer_new_with_snapshot).
+struct InstancerOptions {
+  /// A snapshot file to start from when etcd does not answer, written within
+  /// 1 s of every change etcd reports (atomically). nullopt: none.
+  std::optional<std::string> snapshot_file;
+  /// A snapshot older than this is ignored. 0 = 24 hours.
+  std::chrono::milliseconds snapshot_max_age{0};
+};
+
 /// Watches a prefix (end it with '/') and keeps subscribers up to date
 /// (go-kit's Instancer). The destructor stops it: callbacks are removed and
 /// released, subscriptions end after the events they hold.
@@ -461,6 +471,20 @@ class Instancer {
   Instancer(const Client &client, const std::string &prefix) {
     etcd_sd_instancer *i = nullptr;
     detail::check(etcd_sd_instancer_new(client.get(), prefix.c_str(), &i));
+    handle_.reset(i);
+  }
+
+  /// Never throws because etcd does not answer (only ETCD_SD_ERR_INVALID_ARGUMENT
+  /// and ETCD_SD_ERR_CLOSED): waits for the first read at most request_timeout;
+  /// when etcd does not answer, the first Event has the error
+  /// (ETCD_SD_ERR_UNAVAILABLE or ETCD_SD_ERR_TIMEOUT) and the instances of the
+  /// snapshot file, and an Event with etcd's state follows when it answers.
+  Instancer(const Client &client, const std::string &prefix, const InstancerOptions &options) {
+    etcd_sd_instancer *i = nullptr;
+    detail::check(etcd_sd_instancer_new_with_snapshot(
+        client.get(), prefix.c_str(),
+        options.snapshot_file ? options.snapshot_file->c_str() : nullptr,
+        to_c_millis(options.snapshot_max_age), &i));
     handle_.reset(i);
   }
 

@@ -36,6 +36,7 @@ impl Failure {
     pub const UNREACHABLE: u8 = 3;
     pub const TLS_OR_AUTH: u8 = 4;
     pub const NO_INSTANCES: u8 = 5;
+    pub const FROM_SNAPSHOT: u8 = 6;
 
     /// The reader of stdout went away (`etcd-sd watch … | head -1`): not an
     /// error; the command ends quietly with status 0.
@@ -76,8 +77,13 @@ fn main() -> ExitCode {
             prefix,
             json,
             stats,
-        } => commands::watch(&cli.connection, prefix, *json, *stats),
-        Command::List { prefix, json } => commands::list(&cli.connection, prefix, *json),
+            snapshot,
+        } => commands::watch(&cli.connection, prefix, *json, *stats, snapshot),
+        Command::List {
+            prefix,
+            json,
+            snapshot,
+        } => commands::list(&cli.connection, prefix, *json, snapshot),
         Command::Pick {
             prefix,
             n,

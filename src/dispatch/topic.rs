@@ -138,9 +138,18 @@ impl Topic {
     /// the same as the current one (then subscribers hear nothing). Returns
     /// whether it was published.
     pub(crate) fn publish(self: &Arc<Topic>, event: Event) -> bool {
+        self.publish_if(event, |_| true)
+    }
+
+    /// [`publish`](Topic::publish), when `when(generation)` holds (checked
+    /// under the same lock).
+    fn publish_if(self: &Arc<Topic>, event: Event, when: impl FnOnce(u64) -> bool) -> bool {
         let (retry, deliver) = {
             let mut st = self.state.lock();
-            if st.stopped || (st.generation > 0 && st.current.same_as(&event)) {
+            if st.stopped
+                || !when(st.generation)
+                || (st.generation > 0 && st.current.same_as(&event))
+            {
                 return false;
             }
             st.current = event;
@@ -160,6 +169,12 @@ impl Topic {
             self.dispatcher.kick(self);
         }
         true
+    }
+
+    /// Publishes `event` only when nothing was published yet (so it never
+    /// hides a state published meanwhile). Returns whether it was published.
+    pub(crate) fn publish_first(self: &Arc<Topic>, event: Event) -> bool {
+        self.publish_if(event, |generation| generation == 0)
     }
 
     /// The current snapshot; after stop, with an error of kind `Closed`.

@@ -17,7 +17,7 @@ use super::{
 use parking_lot::Mutex;
 
 use crate::channel::{RecvTimeoutError, TryRecvError};
-use crate::{CallbackId, Error, ErrorKind, Event, Instancer};
+use crate::{CallbackId, Error, ErrorKind, Event, Instancer, InstancerOptions};
 
 /// What an `etcd_sd_instancer` points at.
 #[derive(Debug)]
@@ -136,6 +136,89 @@ pub extern "C" fn etcd_sd_instancer_new(
         let client = try_ref!(c);
         let prefix = try_str!(prefix);
         set_boxed_mut_ptr(out, Instancer::new(client, prefix).map(InstancerHandle::new))
+    }
+}
+
+/// Like `etcd_sd_instancer_new`, but never fails because etcd does not
+/// answer, and optionally keeps a snapshot file to start from (the C side of
+/// `Instancer::with_options`).
+///
+/// Waits for the first read at most `request_timeout_ms`. When etcd answers
+/// it is `etcd_sd_instancer_new`: the first event is etcd's state. When it
+/// does not, it returns `ETCD_SD_OK` anyway: the instancer's first event has
+/// the error (`ETCD_SD_ERR_UNAVAILABLE` or `ETCD_SD_ERR_TIMEOUT` from
+/// `etcd_sd_event_error`) and the instances of the snapshot file (none
+/// without a usable one); it keeps trying, and an event without error and
+/// with etcd's state follows when etcd answers.
+///
+/// `snapshot_path` (NULL: no file) is written within 1 s of every change
+/// etcd reports, atomically (a temporary file in the same directory, fsync,
+/// rename, fsync of the directory), from a thread of its own. A relative
+/// path is taken from the current directory now. A file that is unreadable,
+/// corrupt, of another prefix or format version, or older than `max_age_ms`
+/// (0: 24 hours) is ignored with one warning in the log; a place that
+/// cannot be written is one warning, and discovery goes on. On Unix the path
+/// is taken as bytes; elsewhere it must be UTF-8.
+///
+/// On success `*out` is a new instancer to free with
+/// `etcd_sd_instancer_free`; on failure NULL.
+///
+/// Returns `ETCD_SD_OK`; `ETCD_SD_ERR_INVALID_ARGUMENT` for a NULL `c`,
+/// `prefix` or `out`, a non-UTF-8 or empty prefix; `ETCD_SD_ERR_CLOSED` when
+/// the client's runtime is gone. Never an error because of etcd or of the
+/// snapshot file.
+#[no_mangle]
+pub extern "C" fn etcd_sd_instancer_new_with_snapshot(
+    c: *const etcd_sd_client,
+    prefix: *const c_char,
+    snapshot_path: *const c_char,
+    max_age_ms: u64,
+    out: *mut *mut etcd_sd_instancer,
+) -> etcd_sd_status {
+    ffi_boundary! {
+        let out = try_out!(out);
+        let client = try_ref!(c);
+        let prefix = try_str!(prefix);
+        let mut options = InstancerOptions::new();
+        if !snapshot_path.is_null() {
+            let path = try_status!(path_from_c(snapshot_path));
+            options = options.snapshot_file(path);
+        }
+        if max_age_ms > 0 {
+            options = options.snapshot_max_age(Duration::from_millis(max_age_ms));
+        }
+        set_boxed_mut_ptr(
+            out,
+            Instancer::with_options(client, prefix, options).map(InstancerHandle::new),
+        )
+    }
+}
+
+/// A path argument (not NULL): its bytes on Unix, UTF-8 elsewhere; never
+/// empty.
+fn path_from_c(ptr: *const c_char) -> Result<std::path::PathBuf, etcd_sd_status> {
+    // SAFETY: the caller passes a NUL-terminated string (checked non-NULL).
+    let bytes = unsafe { std::ffi::CStr::from_ptr(ptr) }.to_bytes();
+    if bytes.is_empty() {
+        return Err(fail(&Error::new(
+            ErrorKind::InvalidArgument,
+            "snapshot_path is empty (pass NULL for no snapshot file)",
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(std::ffi::OsStr::from_bytes(bytes).into())
+    }
+    #[cfg(not(unix))]
+    {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(s.into()),
+            Err(_) => Err(fail(&Error::new(
+                ErrorKind::InvalidArgument,
+                "snapshot_path is not UTF-8",
+            ))),
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use crate::name::Name;
 use crate::runtime::etcd::{read_prefix, Ctx};
 use crate::runtime::watch::{self as prefix_watch, End, Position};
 use crate::runtime::Reply;
+use crate::snapshot::Feed;
 use crate::stats::{self, Counter};
 
 const LOG: &str = "etcd_sd::instancer";
@@ -140,6 +141,13 @@ pub(crate) struct Task {
     topic: Arc<Topic>,
     stop: watch::Receiver<bool>,
     ready: Option<Reply<()>>,
+    /// Keep going when the first read fails (it is reported as an error
+    /// Event with `initial`, then `ready` hears it).
+    tolerant: bool,
+    /// The last good set before etcd answers (a snapshot file's).
+    initial: Instances,
+    /// Where every state etcd gives goes, for the snapshot file.
+    feed: Option<Feed>,
 }
 
 impl Task {
@@ -156,12 +164,32 @@ impl Task {
             topic,
             stop,
             ready: Some(ready),
+            tolerant: false,
+            initial: Instances::default(),
+            feed: None,
+        }
+    }
+
+    /// Never gives up: a failed first read is an error Event holding
+    /// `initial` (the last good set known, from a snapshot file), and the
+    /// loop goes on with backoff. Every state etcd gives goes to `feed`.
+    pub(crate) fn tolerant(mut self, initial: Instances, feed: Option<Feed>) -> Task {
+        self.tolerant = true;
+        self.initial = initial;
+        self.feed = feed;
+        self
+    }
+
+    /// Hands the state etcd gave to the snapshot writer, if any.
+    fn offer(&self, revision: i64, set: &Instances) {
+        if let Some(feed) = &self.feed {
+            feed.offer(revision, set);
         }
     }
 
     pub(crate) async fn run(mut self, ctx: Ctx) {
         let mut view = View::default();
-        let mut snapshot = Instances::default();
+        let mut snapshot = std::mem::take(&mut self.initial);
         let mut position = Position::default();
         let mut need_read = true;
         let mut backoff = Backoff::standard();
@@ -187,16 +215,24 @@ impl Task {
                             instances: snapshot.clone(),
                             err: None,
                         });
+                        self.offer(position.revision, &snapshot);
                         if let Some(ready) = self.ready.take() {
                             let _ = ready.send(Ok(()));
                         }
                     }
                     Err(e) => {
+                        if !self.tolerant {
+                            if let Some(ready) = self.ready.take() {
+                                let _ = ready.send(Err(e));
+                                return;
+                            }
+                        }
+                        // Subscribers (and `current`) hold the error before
+                        // the caller hears of it.
+                        self.report(&snapshot, e.clone());
                         if let Some(ready) = self.ready.take() {
                             let _ = ready.send(Err(e));
-                            return;
                         }
-                        self.report(&snapshot, e);
                         if !self.pause(&mut backoff).await {
                             return;
                         }
@@ -320,8 +356,18 @@ impl Task {
         use etcd_client::EventType;
         let prefix = &self.prefix;
         let topic = &self.topic;
+        let feed = self.feed.as_ref();
+        let mut revision = position.revision;
         let session = prefix_watch::session(ctx, prefix, position, |resp| {
             let arrived = std::time::Instant::now();
+            let header = resp.header().map(|h| h.revision()).unwrap_or(0);
+            if resp.events().is_empty() && !resp.created() {
+                // Progress: etcd confirms the set up to here.
+                revision = revision.max(header);
+                if let Some(feed) = feed {
+                    feed.offer(revision, snapshot);
+                }
+            }
             if resp.created() {
                 *established = true;
                 backoff.reset();
@@ -334,10 +380,14 @@ impl Task {
                 {
                     log::info!(target: LOG, "{prefix}: watch is back");
                 }
+                if let Some(feed) = feed {
+                    feed.offer(revision, snapshot);
+                }
             }
             let mut changed = false;
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
+                revision = revision.max(kv.mod_revision());
                 changed |= match ev.event_type() {
                     EventType::Put => {
                         view.put(kv.key().to_vec(), &String::from_utf8_lossy(kv.value()))
@@ -352,6 +402,11 @@ impl Task {
                     err: None,
                 });
                 stats::event_delay(prefix, arrived.elapsed());
+            }
+            if !resp.events().is_empty() {
+                if let Some(feed) = feed {
+                    feed.offer(revision, snapshot);
+                }
             }
             ControlFlow::Continue(())
         });

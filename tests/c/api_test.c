@@ -9,6 +9,8 @@
  */
 #include "test_util.h"
 
+#include <unistd.h> /* rmdir */
+
 static const char *g_endpoint;
 static char g_prefix[128]; /* unique per run, ends with '/' */
 
@@ -1054,6 +1056,92 @@ static void test_stats(void) {
   etcd_sd_client_free(c);
 }
 
+/* ---------------------------------------------------------------- snapshot */
+
+/* Whether the file at `path` exists and contains `needle`. */
+static int file_contains(const char *path, const char *needle) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0;
+  char buf[4096];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  return strstr(buf, needle) != NULL;
+}
+
+static void test_instancer_with_snapshot(void) {
+  etcd_sd_client *c = NULL;
+  CHECK_OK(connect_client(&c));
+  char p[160];
+  prefix_for(p, sizeof p, "snapshot");
+  char dir[] = "/tmp/etcd-sd-c-snap-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  char path[128];
+  snprintf(path, sizeof path, "%s/svc.snapshot", dir);
+
+  etcd_sd_instancer *i = (etcd_sd_instancer *)1;
+  CHECK_STATUS(etcd_sd_instancer_new_with_snapshot(NULL, p, path, 0, &i),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK(i == NULL);
+  CHECK_STATUS(etcd_sd_instancer_new_with_snapshot(c, NULL, path, 0, &i),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(etcd_sd_instancer_new_with_snapshot(c, p, path, 0, NULL),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(etcd_sd_instancer_new_with_snapshot(c, "", path, 0, &i),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(etcd_sd_instancer_new_with_snapshot(c, p, "", 0, &i),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK(i == NULL);
+
+  etcd_sd_registrar *r = put(c, p, "1", "snap-one");
+  CHECK(r != NULL);
+  /* etcd up: the first event is etcd's state; the file follows it. */
+  CHECK_OK(etcd_sd_instancer_new_with_snapshot(c, p, path, 60000, &i));
+  etcd_sd_subscription *sub = NULL;
+  CHECK_OK(etcd_sd_instancer_subscribe(i, &sub));
+  etcd_sd_event *ev = NULL;
+  CHECK_OK(etcd_sd_subscription_recv(sub, 0, &ev));
+  CHECK_OK(etcd_sd_event_error(ev));
+  CHECK(etcd_sd_event_len(ev) == 1);
+  CHECK(strcmp(etcd_sd_event_instance(ev, 0), "snap-one") == 0);
+  etcd_sd_event_free(ev);
+  int written = 0;
+  for (int n = 0; n < 100 * slow_factor() && !written; n++) {
+    written = file_contains(path, "\"snap-one\"");
+    if (!written) sleep_ms(50);
+  }
+  CHECK(written);
+  etcd_sd_registrar *r2 = put(c, p, "2", "snap-two");
+  CHECK(r2 != NULL);
+  written = 0;
+  for (int n = 0; n < 100 * slow_factor() && !written; n++) {
+    written = file_contains(path, "\"snap-two\"");
+    if (!written) sleep_ms(50);
+  }
+  CHECK(written);
+  etcd_sd_subscription_free(sub);
+  etcd_sd_instancer_free(i);
+
+  /* No file (NULL) and the default max age (0) are fine too. */
+  i = NULL;
+  CHECK_OK(etcd_sd_instancer_new_with_snapshot(c, p, NULL, 0, &i));
+  CHECK_OK(etcd_sd_instancer_subscribe(i, &sub));
+  CHECK_OK(etcd_sd_subscription_recv(sub, 0, &ev));
+  CHECK(etcd_sd_event_len(ev) == 2);
+  etcd_sd_event_free(ev);
+  etcd_sd_subscription_free(sub);
+  etcd_sd_instancer_free(i);
+  /* Loaded from the file (etcd up, so etcd's state is what is seen). */
+  CHECK_OK(etcd_sd_instancer_new_with_snapshot(c, p, path, 0, &i));
+  etcd_sd_instancer_free(i);
+
+  etcd_sd_registrar_free(r);
+  etcd_sd_registrar_free(r2);
+  etcd_sd_client_free(c);
+  CHECK(remove(path) == 0);
+  CHECK(rmdir(dir) == 0);
+}
+
 int main(void) {
   g_endpoint = getenv("ETCD_SD_TEST_ENDPOINT");
   if (!g_endpoint || !*g_endpoint) {
@@ -1083,6 +1171,7 @@ int main(void) {
       {"retry", test_retry},
       {"handles_from_many_threads", test_handles_from_many_threads},
       {"stats", test_stats},
+      {"instancer_with_snapshot", test_instancer_with_snapshot},
   };
   const char *only = getenv("ETCD_SD_TEST_ONLY");
   int passed = 0, failed = 0;

@@ -6,6 +6,11 @@
  *                          ETCD_SD_ERR_TIMEOUT within its bound, subscribers
  *                          get an event with that error and the last good
  *                          instances, then a fresh event once etcd is back.
+ *   scenario_test snapshot an instancer with a snapshot file writes it; with
+ *                          etcd killed, a new one starts from the file (the
+ *                          first event has the file's instances and an
+ *                          unreachable error), then gets etcd's state once
+ *                          it is restarted.
  *   scenario_test auth     etcd has authentication enabled: a wrong password
  *                          is ETCD_SD_ERR_AUTH, the right one works.
  *   scenario_test sigpipe  a C host keeps SIGPIPE's default action (terminate);
@@ -261,17 +266,89 @@ static void test_sigpipe(void) {
   etcd_sd_client_free(c);
 }
 
+/* Whether the file at `path` exists and contains `needle`. */
+static int file_contains(const char *path, const char *needle) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0;
+  char buf[4096];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  return strstr(buf, needle) != NULL;
+}
+
+static void test_snapshot(void) {
+  const char *eps[1];
+  eps[0] = g_endpoint;
+  etcd_sd_client_options o;
+  etcd_sd_client_options_init(&o);
+  o.dial_timeout_ms = 1500;
+  o.request_timeout_ms = 1500;
+  etcd_sd_client *c = NULL;
+  CHECK_OK(etcd_sd_client_new(eps, 1, &o, &c));
+  char dir[] = "/tmp/etcd-sd-c-scenario-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  char path[128];
+  snprintf(path, sizeof path, "%s/svc.snapshot", dir);
+  char key[200];
+  snprintf(key, sizeof key, "%sone", g_prefix);
+  etcd_sd_registrar *r = NULL;
+  CHECK_OK(etcd_sd_registrar_new(c, key, "snap-one", 500, 20000, &r));
+  CHECK_OK(etcd_sd_registrar_register(r));
+
+  etcd_sd_instancer *i = NULL;
+  CHECK_OK(etcd_sd_instancer_new_with_snapshot(c, g_prefix, path, 0, &i));
+  int written = 0;
+  for (int n = 0; n < 100 && !written; n++) {
+    written = file_contains(path, "\"snap-one\"");
+    if (!written) sleep_ms(50);
+  }
+  CHECK(written);
+  etcd_sd_instancer_free(i);
+
+  wait_for_driver("kill");
+
+  long long t0 = now_ms();
+  i = NULL;
+  CHECK_OK(etcd_sd_instancer_new_with_snapshot(c, g_prefix, path, 0, &i));
+  CHECK(now_ms() - t0 < 3000);
+  etcd_sd_subscription *sub = NULL;
+  CHECK_OK(etcd_sd_instancer_subscribe(i, &sub));
+  etcd_sd_event *ev = NULL;
+  CHECK_OK(etcd_sd_subscription_recv(sub, 0, &ev));
+  CHECK(unreachable(etcd_sd_event_error(ev)));
+  CHECK(etcd_sd_event_len(ev) == 1);
+  CHECK(strcmp(etcd_sd_event_instance(ev, 0), "snap-one") == 0);
+  etcd_sd_event_free(ev);
+
+  wait_for_driver("restart");
+
+  ev = recv_until(sub, 0, 1, 30000);
+  CHECK(ev != NULL);
+  CHECK(strcmp(etcd_sd_event_instance(ev, 0), "snap-one") == 0);
+  etcd_sd_event_free(ev);
+
+  etcd_sd_subscription_free(sub);
+  etcd_sd_instancer_free(i);
+  etcd_sd_registrar_free(r);
+  etcd_sd_client_free(c);
+  CHECK(remove(path) == 0);
+  CHECK(rmdir(dir) == 0);
+}
+
 int main(int argc, char **argv) {
   g_endpoint = getenv("ETCD_SD_TEST_ENDPOINT");
   g_prefix = getenv("ETCD_SD_TEST_PREFIX");
   if (argc < 2 || !g_endpoint || !g_prefix) {
-    fprintf(stderr, "usage: ETCD_SD_TEST_ENDPOINT=... ETCD_SD_TEST_PREFIX=... %s outage|auth|sigpipe\n",
+    fprintf(stderr, "usage: ETCD_SD_TEST_ENDPOINT=... ETCD_SD_TEST_PREFIX=... %s outage|snapshot|auth|sigpipe\n",
             argv[0]);
     return 2;
   }
   int before = g_failed_checks;
   if (strcmp(argv[1], "outage") == 0) {
     test_outage();
+  } else if (strcmp(argv[1], "snapshot") == 0) {
+    test_snapshot();
   } else if (strcmp(argv[1], "auth") == 0) {
     test_auth();
   } else if (strcmp(argv[1], "sigpipe") == 0) {

@@ -15,6 +15,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <unistd.h>  // rmdir
+
 using namespace std::chrono_literals;
 
 namespace {
@@ -349,6 +351,39 @@ void test_lazy_client_and_drain() {
   CHECK(c.get_entries(p).empty());
 }
 
+void test_instancer_with_snapshot() {
+  etcd_sd::Client c = connect();
+  char dir[] = "/tmp/etcd-sd-cpp-snap-XXXXXX";
+  CHECK(mkdtemp(dir) != nullptr);
+  std::string path = std::string(dir) + "/svc.snapshot";
+  std::string p = prefix("snapshot");
+  CHECK_THROWS(etcd_sd::Instancer(c, "", etcd_sd::InstancerOptions{path, 0ms}),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  etcd_sd::Registrar r(c, p + "a", "snap-a", 1s, 5s);
+  r.register_service();
+  {
+    etcd_sd::Instancer inst(c, p, etcd_sd::InstancerOptions{path, 1h});
+    etcd_sd::Subscription sub = inst.subscribe();
+    std::optional<etcd_sd::Event> first = sub.recv(1s);
+    CHECK(first && first->status() == ETCD_SD_OK && first->size() == 1);
+    CHECK(wait_until([&] {
+      std::FILE *f = std::fopen(path.c_str(), "rb");
+      if (!f) return false;
+      char buf[4096];
+      std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+      std::fclose(f);
+      buf[n] = '\0';
+      return std::strstr(buf, "\"snap-a\"") != nullptr;
+    }));
+  }
+  {
+    etcd_sd::Instancer none(c, p, etcd_sd::InstancerOptions{});
+    CHECK(none.subscribe().recv(1s)->size() == 1);
+  }
+  CHECK(std::remove(path.c_str()) == 0);
+  CHECK(rmdir(dir) == 0);
+}
+
 int main() {
   const char *ep = std::getenv("ETCD_SD_TEST_ENDPOINT");
   if (!ep || !*ep) {
@@ -369,6 +404,7 @@ int main() {
       {"balancer_and_retry", test_balancer_and_retry},
       {"stats", test_stats},
       {"lazy_client_and_drain", test_lazy_client_and_drain},
+      {"instancer_with_snapshot", test_instancer_with_snapshot},
   };
   int passed = 0, failed = 0;
   for (auto &t : tests) {

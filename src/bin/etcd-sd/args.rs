@@ -22,7 +22,8 @@ Exit codes:
   2  bad usage: unknown flag, malformed value, endpoint, key or value
   3  etcd unreachable or too slow (--dial-timeout, --request-timeout)
   4  TLS or authentication failure (unreadable or wrong certificates, bad password)
-  5  no instance under the prefix (pick)";
+  5  no instance under the prefix (pick)
+  6  etcd unreachable; list printed the instances of its --snapshot file instead";
 
 /// Register, watch, list and pick service instances in etcd v3.
 #[derive(Parser, Debug)]
@@ -113,6 +114,8 @@ pub enum Command {
         /// JSON object per line with --json)
         #[arg(long)]
         stats: bool,
+        #[command(flatten)]
+        snapshot: SnapshotArgs,
     },
     /// Print the values under PREFIX, one per line (escaped, see `etcd-sd --help`),
     /// in key order
@@ -122,6 +125,8 @@ pub enum Command {
         /// Print one JSON array instead
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        snapshot: SnapshotArgs,
     },
     /// Pick instances under PREFIX as a client-side load balancer would
     Pick {
@@ -137,6 +142,19 @@ pub enum Command {
         #[arg(long, requires = "random")]
         seed: Option<u64>,
     },
+}
+
+/// A snapshot file: kept up to date from etcd, used when etcd is down.
+#[derive(Args, Debug, Clone)]
+pub struct SnapshotArgs {
+    /// Keep the instances in FILE while etcd answers, and start from it when
+    /// etcd is unreachable (watch: printed as an error event until etcd
+    /// answers; list: printed with a note on stderr and exit status 6)
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<PathBuf>,
+    /// A snapshot written longer ago than this is ignored
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration, requires = "snapshot")]
+    pub snapshot_max_age: Duration,
 }
 
 /// Parses `1.5s`, `500ms`, `2m` or a plain number of seconds.

@@ -6,11 +6,11 @@ use etcd_sd::channel::{self, select, Receiver};
 use etcd_sd::lb::{Balancer, Random, RoundRobin};
 use etcd_sd::sd::{Endpointer, EndpointerOptions};
 use etcd_sd::{
-    Client, ClientOptions, ErrorKind, Instancer, Registrar, RegistrationEvent, RegistrationState,
-    Service, TtlOption,
+    Client, ClientOptions, Error, ErrorKind, Event, Instancer, InstancerOptions, Registrar,
+    RegistrationEvent, RegistrationState, Service, TtlOption,
 };
 
-use crate::args::Connection;
+use crate::args::{Connection, SnapshotArgs};
 use crate::output;
 use crate::Failure;
 
@@ -187,12 +187,62 @@ fn print_state(ev: &RegistrationEvent) -> Result<(), Failure> {
 /// How often `watch --stats` prints the counters.
 const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The options of an Instancer with `--snapshot`, if given.
+fn instancer_options(snapshot: &SnapshotArgs) -> Option<InstancerOptions> {
+    snapshot.snapshot.as_ref().map(|path| {
+        InstancerOptions::new()
+            .snapshot_file(path)
+            .snapshot_max_age(snapshot.snapshot_max_age)
+    })
+}
+
+/// How often `watch --snapshot` tries to connect while etcd is unreachable.
+const CONNECT_AGAIN_EVERY: Duration = Duration::from_secs(1);
+
 /// `watch PREFIX`: every event until interrupted.
-pub fn watch(c: &Connection, prefix: &str, json: bool, stats: bool) -> Result<(), Failure> {
-    let client = connect(c)?;
+pub fn watch(
+    c: &Connection,
+    prefix: &str,
+    json: bool,
+    stats: bool,
+    snapshot: &SnapshotArgs,
+) -> Result<(), Failure> {
+    let options = instancer_options(snapshot);
     let stop = interrupts()?;
-    let instancer = Instancer::new(&client, prefix)
-        .map_err(|e| Failure::from_error(&format!("cannot watch {prefix}"), &e))?;
+    let client = match (connect(c), &options) {
+        (Ok(client), _) => client,
+        (Err(f), Some(options)) if f.code == Failure::UNREACHABLE => {
+            // Start from the snapshot, as an error event, and keep trying.
+            let instances = options.read_snapshot(prefix).unwrap_or_default();
+            let from = match options.snapshot_path() {
+                Some(p) => format!("instances from snapshot {}", p.display()),
+                None => String::new(),
+            };
+            let event = Event {
+                instances,
+                err: Some(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("{}; {from}", f.message),
+                )),
+            };
+            output::lines(output::event_lines(&output::now(), &event, json))?;
+            let mut connected = None;
+            // Bounded by the user: until etcd answers or Ctrl-C.
+            while connected.is_none() {
+                if stop.recv_timeout(CONNECT_AGAIN_EVERY).is_ok() {
+                    return Ok(());
+                }
+                connected = connect(c).ok();
+            }
+            connected.unwrap_or_else(|| unreachable!())
+        }
+        (Err(f), _) => return Err(f),
+    };
+    let instancer = match options {
+        Some(options) => Instancer::with_options(&client, prefix, options),
+        None => Instancer::new(&client, prefix),
+    }
+    .map_err(|e| Failure::from_error(&format!("cannot watch {prefix}"), &e))?;
     let updates = instancer.subscribe();
     let ticks = if stats {
         crossbeam_channel::tick(STATS_EVERY)
@@ -213,12 +263,56 @@ pub fn watch(c: &Connection, prefix: &str, json: bool, stats: bool) -> Result<()
     Ok(())
 }
 
-/// `list PREFIX`: the values, in key order.
-pub fn list(c: &Connection, prefix: &str, json: bool) -> Result<(), Failure> {
-    let client = connect(c)?;
-    let values = client
-        .get_entries(prefix)
-        .map_err(|e| Failure::from_error(&format!("cannot list {prefix}"), &e))?;
+/// `list PREFIX`: the values, in key order. With `--snapshot`, etcd's state
+/// is also written to the file, and when etcd is unreachable the file's
+/// instances are printed instead (a note on stderr, exit status 6).
+pub fn list(
+    c: &Connection,
+    prefix: &str,
+    json: bool,
+    snapshot: &SnapshotArgs,
+) -> Result<(), Failure> {
+    let options = instancer_options(snapshot);
+    let values = connect(c).and_then(|client| {
+        let values = client
+            .get_entries(prefix)
+            .map_err(|e| Failure::from_error(&format!("cannot list {prefix}"), &e))?;
+        if let Some(options) = &options {
+            // Its first read is written to the file; stop writes it now.
+            if let Ok(instancer) = Instancer::with_options(&client, prefix, options.clone()) {
+                instancer.stop();
+            }
+        }
+        Ok(values)
+    });
+    let values = match (values, &options) {
+        (Ok(values), _) => values,
+        (Err(f), Some(options)) if f.code == Failure::UNREACHABLE => {
+            let path = options
+                .snapshot_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let Some(instances) = options.read_snapshot(prefix) else {
+                return Err(Failure::new(
+                    f.code,
+                    format!("{}; no usable snapshot in {path}", f.message),
+                ));
+            };
+            let n = instances.len();
+            eprintln!(
+                "etcd-sd: {}; printing the {n} instance{} of snapshot {path} instead (etcd's state may differ)",
+                f.message,
+                if n == 1 { "" } else { "s" }
+            );
+            if json {
+                output::line(&output::json_array(instances.iter()))?;
+            } else {
+                output::lines(instances.iter().map(output::one_line))?;
+            }
+            return Err(Failure::new(Failure::FROM_SNAPSHOT, ""));
+        }
+        (Err(f), _) => return Err(f),
+    };
     if json {
         output::line(&output::json_array(values.iter().map(String::as_str)))
     } else {

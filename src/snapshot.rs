@@ -1,0 +1,503 @@
+//! Snapshot files: the last set of instances etcd gave a discovery, kept on
+//! disk so that a process started while etcd is down has somewhere to start.
+//!
+//! A file is one line of JSON and one checksum line:
+//!
+//! ```text
+//! {"format":"etcd-sd-snapshot","version":1,"prefix":"/services/x/","revision":42,"written_unix_ms":1765000000000,"instances":["a","b"]}
+//! crc32 1a2b3c4d
+//! ```
+//!
+//! The CRC-32 (IEEE) covers every byte before the checksum line (the JSON
+//! and its newline), and the checksum line must be exactly that: so the
+//! checksum covers the whole file. Instances are the strings subscribers
+//! were given (values that are not UTF-8 already converted, sorted and
+//! de-duplicated), so a loaded file gives back the very same list.
+//!
+//! Writing ([`Writer`]) happens on a thread of its own, one per Instancer
+//! with a snapshot file, never on the runtime thread: the discovery task
+//! hands the latest state to a [`Feed`] (O(1), no I/O) and the writer
+//! coalesces what came within [`DEBOUNCE`] into one write. A write is atomic:
+//! a temporary file in the same directory, fsync, rename over the file,
+//! fsync of the directory. A process killed at any moment leaves the old
+//! file or the new one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+
+use crate::instances::Instances;
+
+const LOG: &str = "etcd_sd::snapshot";
+
+/// What the `format` field holds.
+const FORMAT: &str = "etcd-sd-snapshot";
+/// The format version written and the only one read.
+pub(crate) const VERSION: u32 = 1;
+/// The default of `snapshot_max_age`.
+pub(crate) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Changes within this time of the first one are written together.
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(100);
+/// An unchanged set confirmed by etcd is written again (with a new time)
+/// at most this often, so that a long-lived process keeps its file fresh.
+const REFRESH_CAP: Duration = Duration::from_secs(3600);
+
+#[derive(Serialize)]
+struct Out<'a> {
+    format: &'a str,
+    version: u32,
+    prefix: &'a str,
+    revision: i64,
+    written_unix_ms: u64,
+    instances: Vec<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct In {
+    format: String,
+    version: u32,
+    prefix: String,
+    revision: i64,
+    written_unix_ms: u64,
+    instances: Vec<String>,
+}
+
+/// A snapshot read back from a file.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) instances: Instances,
+    pub(crate) revision: i64,
+    pub(crate) age: Duration,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The bytes of a snapshot file.
+pub(crate) fn encode(prefix: &str, revision: i64, written: SystemTime, set: &Instances) -> Vec<u8> {
+    let out = Out {
+        format: FORMAT,
+        version: VERSION,
+        prefix,
+        revision,
+        written_unix_ms: unix_ms(written),
+        instances: set.iter().collect(),
+    };
+    let mut bytes = serde_json::to_vec(&out).expect("strings and numbers always serialize");
+    bytes.push(b'\n');
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(format!("crc32 {crc:08x}\n").as_bytes());
+    bytes
+}
+
+/// Checks and reads the bytes of a snapshot file for `prefix`; the error
+/// says why it cannot be used.
+pub(crate) fn decode(
+    bytes: &[u8],
+    prefix: &str,
+    max_age: Duration,
+    now: SystemTime,
+) -> Result<Loaded, String> {
+    // The checksum line: the last line, "crc32 " and 8 hex digits.
+    let body_end = bytes
+        .strip_suffix(b"\n")
+        .and_then(|b| b.iter().rposition(|&c| c == b'\n'))
+        .map(|i| i + 1)
+        .ok_or("truncated: no checksum line")?;
+    let (body, trailer) = bytes.split_at(body_end);
+    let hex = trailer
+        .strip_prefix(b"crc32 ")
+        .and_then(|t| t.strip_suffix(b"\n"))
+        .filter(|h| h.len() == 8 && h.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or("truncated or corrupt: no valid checksum line")?;
+    if crc32fast::hash(body) != hex {
+        return Err("corrupt: checksum mismatch".into());
+    }
+    let file: In = serde_json::from_slice(body).map_err(|e| format!("corrupt: {e}"))?;
+    if file.format != FORMAT {
+        return Err(format!("not a snapshot file (format {:?})", file.format));
+    }
+    if file.version != VERSION {
+        return Err(format!(
+            "unknown format version {} (this library reads {VERSION})",
+            file.version
+        ));
+    }
+    if file.prefix != prefix {
+        return Err(format!(
+            "written for prefix {:?}, not {prefix:?}",
+            file.prefix
+        ));
+    }
+    let written = UNIX_EPOCH + Duration::from_millis(file.written_unix_ms);
+    // A file from the future (a clock set back) counts as just written.
+    let age = now.duration_since(written).unwrap_or(Duration::ZERO);
+    if age > max_age {
+        return Err(format!(
+            "too old: written {}s ago, max age {}s",
+            age.as_secs(),
+            max_age.as_secs()
+        ));
+    }
+    if file.instances.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("corrupt: instances not sorted and distinct".into());
+    }
+    Ok(Loaded {
+        instances: file.instances.iter().collect(),
+        revision: file.revision,
+        age,
+    })
+}
+
+/// What [`load`] found.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// A usable snapshot.
+    Loaded(Loaded),
+    /// No file (normal at a first start; a debug record).
+    Nothing,
+    /// A file that cannot be used (one `warn` record logged).
+    Ignored,
+    /// A directory where the file should be: one `warn` record logged, which
+    /// also says that no file will be written while it is there.
+    DirectoryInTheWay,
+}
+
+/// Reads the snapshot at `path` for `prefix`. Anything that makes it unusable
+/// (unreadable, corrupt, truncated, another prefix or format version, older
+/// than `max_age`) is one `warn` record and never partly used; a file that
+/// does not exist (or a parent that is not a directory, where no file can
+/// exist) is normal at a first start (debug; the writer speaks up).
+pub(crate) fn load(path: &Path, prefix: &str, max_age: Duration) -> Found {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            log::debug!(target: LOG, "{prefix}: no snapshot file at {}: {e}", path.display());
+            return Found::Nothing;
+        }
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
+            log::warn!(target: LOG, "{prefix}: ignoring snapshot file {}: a directory is in the way; it is left as it is and no snapshot is written while it is there", path.display());
+            return Found::DirectoryInTheWay;
+        }
+        Err(e) => {
+            log::warn!(target: LOG, "{prefix}: ignoring snapshot file {}: cannot read it: {e}", path.display());
+            return Found::Ignored;
+        }
+    };
+    match decode(&bytes, prefix, max_age, SystemTime::now()) {
+        Ok(loaded) => {
+            log::info!(target: LOG, "{prefix}: loaded {} instances from snapshot file {} (revision {}, {}s old)",
+                loaded.instances.len(), path.display(), loaded.revision, loaded.age.as_secs());
+            Found::Loaded(loaded)
+        }
+        Err(why) => {
+            log::warn!(target: LOG, "{prefix}: ignoring snapshot file {}: {why}", path.display());
+            Found::Ignored
+        }
+    }
+}
+
+/// Makes temporary file names unique within the process.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same
+/// directory, fsync, rename, fsync of the directory. Whatever is at `path`
+/// that is not a file (a directory in the way) stays as it is: the rename
+/// fails. The temporary file is removed on failure.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a directory is in the way",
+        ));
+    }
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}.{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename is durable once the directory is. Some file systems cannot
+    // fsync a directory; the file itself is whole either way.
+    if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+        log::debug!(target: LOG, "fsync of directory {}: {e}", dir.display());
+    }
+    Ok(())
+}
+
+/// What the discovery task hands over and the writer takes.
+struct Pending {
+    /// The latest state etcd gave, not yet looked at by the writer.
+    state: Option<(i64, Instances)>,
+    stop: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+/// The discovery task's end: [`offer`](Feed::offer) the latest state etcd
+/// gave. Never blocks on I/O (a short lock and a notify).
+#[derive(Clone)]
+pub(crate) struct Feed(Arc<Shared>);
+
+impl Feed {
+    /// The state at `revision` is `set` (as etcd gave it; never offer a state
+    /// that did not come from etcd).
+    pub(crate) fn offer(&self, revision: i64, set: &Instances) {
+        let mut p = self.0.pending.lock();
+        p.state = Some((revision, set.clone()));
+        drop(p);
+        self.0.wake.notify_one();
+    }
+}
+
+/// The writer thread of one snapshot file; stopping (or dropping) it writes
+/// what is pending and joins the thread.
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer of `path` for `prefix`. An unchanged set is written
+    /// again after `refresh` (so that it does not age past a reader's max age
+    /// while etcd keeps confirming it). `None` (and a warning) when the thread
+    /// cannot be started: discovery goes on without a file. `warned`: the
+    /// trouble with the place was logged already (the first failed write is
+    /// then quiet).
+    pub(crate) fn start(
+        path: PathBuf,
+        prefix: &str,
+        max_age: Duration,
+        warned: bool,
+    ) -> Option<Writer> {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                state: None,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let refresh = (max_age / 4).clamp(Duration::from_secs(1), REFRESH_CAP);
+        let job = Job {
+            shared: shared.clone(),
+            path,
+            prefix: prefix.to_owned(),
+            refresh,
+            written: None,
+            failing: warned,
+        };
+        match std::thread::Builder::new()
+            .name("etcd-sd-snapshot".into())
+            .spawn(move || job.run())
+        {
+            Ok(thread) => Some(Writer {
+                shared,
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                log::warn!(target: LOG, "{prefix}: cannot start the snapshot writer thread: {e}; no snapshot file will be written");
+                None
+            }
+        }
+    }
+
+    /// The task's end.
+    pub(crate) fn feed(&self) -> Feed {
+        Feed(self.shared.clone())
+    }
+
+    /// Writes what is pending and ends the thread. Calling it twice is fine.
+    pub(crate) fn stop(&mut self) {
+        self.shared.pending.lock().stop = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            if t.thread().id() == std::thread::current().id() {
+                return;
+            }
+            if t.join().is_err() {
+                log::error!(target: LOG, "the snapshot writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Job {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    prefix: String,
+    refresh: Duration,
+    /// What was last written, and when.
+    written: Option<(Instances, Instant)>,
+    /// The last write failed (and was logged): later failures are quiet.
+    failing: bool,
+}
+
+impl Job {
+    fn run(mut self) {
+        loop {
+            // Wait for a state, then let changes settle for DEBOUNCE (or
+            // until stopped) and take the latest.
+            let mut p = self.shared.pending.lock();
+            while p.state.is_none() && !p.stop {
+                self.shared.wake.wait(&mut p);
+            }
+            if !p.stop {
+                let until = Instant::now() + DEBOUNCE;
+                while !p.stop && !self.shared.wake.wait_until(&mut p, until).timed_out() {}
+            }
+            let stop = p.stop;
+            let state = p.state.take();
+            drop(p);
+            if let Some((revision, set)) = state {
+                self.write(revision, set);
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    fn write(&mut self, revision: i64, set: Instances) {
+        if let Some((last, at)) = &self.written {
+            if *last == set && at.elapsed() < self.refresh {
+                return; // nothing new: a watch that came back, a progress note
+            }
+        }
+        let bytes = encode(&self.prefix, revision, SystemTime::now(), &set);
+        match write_atomic(&self.path, &bytes) {
+            Ok(()) => {
+                if std::mem::take(&mut self.failing) {
+                    log::info!(target: LOG, "{}: snapshot file {} written again", self.prefix, self.path.display());
+                }
+                log::debug!(target: LOG, "{}: wrote {} instances (revision {revision}) to {}", self.prefix, set.len(), self.path.display());
+                self.written = Some((set, Instant::now()));
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    log::warn!(target: LOG, "{}: cannot write snapshot file {}: {e}; discovery goes on (this is logged once until a write succeeds)",
+                        self.prefix, self.path.display());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v: &[&str]) -> Instances {
+        v.iter().collect()
+    }
+
+    #[test]
+    fn round_trip_keeps_the_list() {
+        let now = SystemTime::now();
+        let s = set(&["b", "a", "\u{fffd}x", "", "with\nnewline\0nul", "ünï"]);
+        let bytes = encode("/p/", 7, now, &s);
+        let back = decode(&bytes, "/p/", DEFAULT_MAX_AGE, now).unwrap();
+        assert_eq!(back.instances, s);
+        assert_eq!(back.revision, 7);
+        let empty = encode("/p/", 1, now, &Instances::default());
+        assert!(decode(&empty, "/p/", DEFAULT_MAX_AGE, now)
+            .unwrap()
+            .instances
+            .is_empty());
+    }
+
+    #[test]
+    fn every_damage_is_refused() {
+        let now = SystemTime::now();
+        let bytes = encode("/p/", 7, now, &set(&["a", "b", "c"]));
+        let ok = |b: &[u8]| decode(b, "/p/", DEFAULT_MAX_AGE, now).is_ok();
+        assert!(ok(&bytes));
+        for cut in 0..bytes.len() {
+            assert!(!ok(&bytes[..cut]), "truncated at {cut}");
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x20;
+            assert!(!ok(&b), "byte {i} flipped");
+        }
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(b"x\n");
+        assert!(!ok(&longer));
+        assert!(decode(&bytes, "/q/", DEFAULT_MAX_AGE, now)
+            .unwrap_err()
+            .contains("prefix"));
+        let old = encode("/p/", 7, now - Duration::from_secs(100), &set(&["a"]));
+        assert!(decode(&old, "/p/", Duration::from_secs(10), now)
+            .unwrap_err()
+            .contains("too old"));
+        assert!(decode(&old, "/p/", Duration::from_secs(1000), now).is_ok());
+    }
+
+    #[test]
+    fn unknown_version_is_refused() {
+        let body = br#"{"format":"etcd-sd-snapshot","version":2,"prefix":"/p/","revision":1,"written_unix_ms":0,"instances":[]}
+"#;
+        let mut b = body.to_vec();
+        b.extend_from_slice(format!("crc32 {:08x}\n", crc32fast::hash(body)).as_bytes());
+        let err = decode(&b, "/p/", Duration::MAX, SystemTime::now()).unwrap_err();
+        assert!(err.contains("version 2"), "{err}");
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_a_directory_in_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let blocked = dir.path().join("blocked");
+        fs::create_dir(&blocked).unwrap();
+        assert!(write_atomic(&blocked, b"x").is_err());
+        assert!(blocked.is_dir());
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 2, "no temporary file left behind");
+    }
+}
