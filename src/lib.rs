@@ -220,6 +220,7 @@ mod instancer;
 mod instances;
 pub mod lb;
 mod name;
+pub mod naming;
 mod options;
 mod registrar;
 mod registration;
