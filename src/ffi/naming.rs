@@ -204,7 +204,10 @@ mod tests {
         let st = etcd_sd_naming_encode(c"h:1".as_ptr(), std::ptr::null(), std::ptr::null_mut());
         assert_eq!(st, ETCD_SD_ERR_INVALID_ARGUMENT);
 
-        let (mut addr, mut meta) = (1 as *mut c_char, 1 as *mut c_char);
+        let (mut addr, mut meta) = (
+            std::ptr::dangling_mut::<c_char>(),
+            std::ptr::dangling_mut::<c_char>(),
+        );
         for (value, why) in [
             (c"not json", "not a naming endpoint"),
             (c"{\"Metadata\":1}", "no \"Addr\""),
@@ -215,7 +218,10 @@ mod tests {
             assert_eq!(st, ETCD_SD_ERR_INVALID_ARGUMENT, "{value:?}");
             assert!(addr.is_null() && meta.is_null());
             assert!(last_error().contains(why), "{value:?}: {}", last_error());
-            (addr, meta) = (1 as *mut c_char, 1 as *mut c_char);
+            (addr, meta) = (
+                std::ptr::dangling_mut::<c_char>(),
+                std::ptr::dangling_mut::<c_char>(),
+            );
         }
         // A NULL out-pointer: the other one is still cleared.
         let st = etcd_sd_naming_decode(
