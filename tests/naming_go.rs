@@ -297,3 +297,192 @@ fn grpc_go_1_33_crashes_on_object_metadata_as_documented() {
         c.errors == 0 && c.peers == vec![server.addr.clone(); 5]
     });
 }
+
+/// The `etcd-sd` tool against the Go program.
+#[cfg(feature = "cli")]
+mod cli {
+    use std::process::Command;
+
+    use super::*;
+    use support::go::Lines;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_etcd-sd");
+
+    fn etcd_sd(etcd: &EtcdServer, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env_remove("ETCD_ENDPOINTS")
+            .env_remove("ETCD_SD_PASSWORD")
+            .arg("--endpoints")
+            .arg(etcd.endpoint())
+            .args(args);
+        cmd
+    }
+
+    /// Runs to the end, bounded; (status code, stdout, stderr).
+    fn run(cmd: Command) -> (Option<i32>, String, String) {
+        let mut lines = Lines::spawn(cmd);
+        let status = lines.wait_exit(Duration::from_secs(60));
+        let mut out = Vec::new();
+        while let Some(l) = lines.next(Duration::from_millis(200)) {
+            out.push(l);
+        }
+        (
+            status.and_then(|s| s.code()),
+            out.join("\n"),
+            lines.stderr(),
+        )
+    }
+
+    #[test]
+    fn cli_register_naming_is_seen_by_go_then_deregistered() {
+        let etcd = EtcdServer::start();
+        let go = GoPeer::new(&etcd.endpoint());
+        let target = target("cli-reg");
+        let key = format!("{target}/127.0.0.1:7000");
+        let metadata = r#"{"version": "1.2", "weights": [1, 2.5]}"#;
+        let mut reg = Lines::spawn(etcd_sd(
+            &etcd,
+            &[
+                "register",
+                &key,
+                "127.0.0.1:7000",
+                "--naming",
+                "--metadata",
+                metadata,
+                "--heartbeat",
+                "1s",
+                "--ttl",
+                "3s",
+            ],
+        ));
+        let mut lines = Vec::new();
+        for _ in 0..10 {
+            let Some(line) = reg.next(WAIT) else { break };
+            let done = line.contains("Registered");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        assert!(
+            lines.iter().any(|l| l.contains("Registered")),
+            "register: {lines:?}\n{}",
+            reg.stderr()
+        );
+        let listed = go.list(&target);
+        assert_eq!(listed[&key]["Addr"], "127.0.0.1:7000", "{listed}");
+        assert_eq!(listed[&key]["Metadata"], json(metadata));
+        // The value is exactly the library's encoding.
+        let want = Endpoint::new("127.0.0.1:7000")
+            .with_metadata(metadata)
+            .unwrap()
+            .encode();
+        assert_eq!(etcd.get(&key).as_deref(), Some(want.as_str()));
+
+        // SIGINT deregisters: Go's List no longer has it.
+        let pid = reg.pid().to_string();
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = reg.wait_exit(WAIT).expect("register ends after SIGINT");
+        assert!(status.success(), "{status:?}: {}", reg.stderr());
+        let listed = go.list(&target);
+        assert_eq!(listed.as_object().unwrap().len(), 0, "{listed}");
+
+        // Bad metadata, or --metadata without --naming: usage errors.
+        let (code, _, err) = run(etcd_sd(
+            &etcd,
+            &["register", &key, "a:1", "--naming", "--metadata", "{bad"],
+        ));
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("--metadata") && err.contains("not valid JSON"),
+            "{err}"
+        );
+        let (code, _, err) = run(etcd_sd(
+            &etcd,
+            &["register", &key, "a:1", "--metadata", "{}"],
+        ));
+        assert_eq!(code, Some(2), "{err}");
+        assert!(etcd.get(&key).is_none());
+    }
+
+    #[test]
+    fn cli_list_and_watch_decode_go_endpoints() {
+        let etcd = EtcdServer::start();
+        let go = GoPeer::new(&etcd.endpoint());
+        let target = target("cli-list");
+        go.add(&target, &format!("{target}/a"), "10.0.0.1:1", None);
+        let meta = r#"{"zone":"eu-1","n":12345678901234567890,"f":1.50}"#;
+        go.add(&target, &format!("{target}/b"), "10.0.0.2:2", Some(meta));
+        etcd.put(&format!("{target}/c"), "http://plain\nvalue");
+        let prefix = format!("{target}/");
+
+        let (code, out, err) = run(etcd_sd(&etcd, &["list", &prefix]));
+        assert_eq!(code, Some(0), "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(lines[0], "addr=10.0.0.1:1 metadata=null");
+        let shown = lines[1]
+            .strip_prefix("addr=10.0.0.2:2 metadata=")
+            .expect(lines[1]);
+        assert_eq!(json(shown), json(meta));
+        // Go writes numbers as it read them (json.Number): kept as written.
+        assert!(
+            shown.contains("12345678901234567890") && shown.contains("1.50"),
+            "{shown}"
+        );
+        assert_eq!(lines[2], r"http://plain\nvalue");
+
+        let (code, out, err) = run(etcd_sd(&etcd, &["list", &prefix, "--json"]));
+        assert_eq!(code, Some(0), "{err}");
+        let v = json(&out);
+        let items = v.as_array().expect("an array");
+        assert_eq!(items.len(), 3, "{out}");
+        assert_eq!(items[0]["addr"], "10.0.0.1:1");
+        assert_eq!(items[0]["metadata"], Value::Null);
+        assert_eq!(
+            Endpoint::decode(items[0]["value"].as_str().unwrap()).unwrap(),
+            Endpoint::new("10.0.0.1:1")
+        );
+        assert_eq!(items[1]["addr"], "10.0.0.2:2");
+        assert_eq!(items[1]["metadata"], json(meta));
+        assert_eq!(items[2], "http://plain\nvalue");
+
+        // watch --json: structured, then Go's DeleteEndpoint.
+        let mut watch = Lines::spawn(etcd_sd(&etcd, &["watch", &prefix, "--json"]));
+        let first = watch
+            .next(WAIT)
+            .unwrap_or_else(|| panic!("watch: {}", watch.stderr()));
+        let ev = json(&first);
+        assert_eq!(ev["error"], Value::Null);
+        let instances = ev["instances"].as_array().unwrap();
+        assert_eq!(instances.len(), 3, "{first}");
+        // Instances are sorted by value: the plain one first.
+        assert_eq!(instances[0], "http://plain\nvalue");
+        assert_eq!(instances[1]["addr"], "10.0.0.1:1");
+        assert_eq!(instances[2]["addr"], "10.0.0.2:2");
+        assert_eq!(instances[2]["metadata"], json(meta));
+        go.delete(&target, &format!("{target}/b"));
+        let next = watch.next(WAIT).expect("watch: the delete");
+        let ev = json(&next);
+        let instances = ev["instances"].as_array().unwrap();
+        assert_eq!(instances.len(), 2, "{next}");
+        assert_eq!(instances[0], "http://plain\nvalue");
+        assert_eq!(instances[1]["addr"], "10.0.0.1:1");
+        // And plain watch shows the same decoded.
+        let mut plain = Lines::spawn(etcd_sd(&etcd, &["watch", &prefix]));
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            match plain.next(WAIT) {
+                Some(l) => got.push(l),
+                None => break,
+            }
+        }
+        assert!(got[0].ends_with("2 instances"), "{got:?}");
+        assert_eq!(got[1], r"  http://plain\nvalue");
+        assert_eq!(got[2], "  addr=10.0.0.1:1 metadata=null");
+    }
+}

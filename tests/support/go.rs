@@ -230,7 +230,8 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn spawn(mut cmd: Command) -> Lines {
+    /// Starts `cmd` with its stdin, stdout and stderr piped.
+    pub fn spawn(mut cmd: Command) -> Lines {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -275,6 +276,11 @@ impl Lines {
         let stdin = self.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{line}")?;
         stdin.flush()
+    }
+
+    /// The program's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What the program wrote on stderr so far.
