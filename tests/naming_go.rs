@@ -486,3 +486,112 @@ mod cli {
         assert_eq!(got[2], "  addr=10.0.0.1:1 metadata=null");
     }
 }
+
+/// The C functions against the Go program: `tests/c/naming_go.c`, built
+/// against the fresh cdylib and the committed header.
+mod c {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use super::*;
+    use support::go::Lines;
+
+    /// The cdylib built with this test binary (next to it in `deps`, or in
+    /// the profile directory).
+    fn cdylib_dir() -> PathBuf {
+        let exe = std::env::current_exe().expect("current_exe");
+        let deps = exe.parent().expect("deps dir");
+        for dir in [deps, deps.parent().expect("profile dir")] {
+            if dir.join("libetcd_sd.so").exists() {
+                return dir.to_path_buf();
+            }
+        }
+        panic!("libetcd_sd.so not found next to {}", exe.display());
+    }
+
+    /// Builds tests/c/naming_go.c into `dir`.
+    fn build(dir: &Path) -> PathBuf {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let lib = cdylib_dir().join("libetcd_sd.so");
+        std::os::unix::fs::symlink(&lib, dir.join("libetcd_sd.so.0")).unwrap();
+        std::os::unix::fs::symlink(&lib, dir.join("libetcd_sd.so")).unwrap();
+        let exe = dir.join("naming_go");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let mut cmd = Command::new(&cc);
+        cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"])
+            .arg(format!("-I{}", root.join("include").display()))
+            .arg(root.join("tests/c/naming_go.c"))
+            .arg("-o")
+            .arg(&exe)
+            .arg(format!("-L{}", dir.display()))
+            .arg("-letcd_sd")
+            .arg("-lpthread")
+            .arg(format!("-Wl,-rpath,{}", dir.display()));
+        let mut build = Lines::spawn(cmd);
+        let status = build.wait_exit(Duration::from_secs(120));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{cc} tests/c/naming_go.c: {status:?}\n{}",
+            build.stderr()
+        );
+        exe
+    }
+
+    #[test]
+    fn c_encode_and_decode_against_go() {
+        let etcd = EtcdServer::start();
+        let go = GoPeer::new(&etcd.endpoint());
+        let dir = tempfile::tempdir().unwrap();
+        let exe = build(dir.path());
+        let target = target("c");
+        let ep = etcd.endpoint();
+
+        // C registers an encoded endpoint: Go's List sees it.
+        let key = format!("{target}/c1");
+        let metadata = r#"{"lang":"C","v":[1,2.5,"x"]}"#;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["register", &ep, &key, "127.0.0.1:9001", metadata]);
+        let mut reg = Lines::spawn(cmd);
+        let first = reg
+            .next(WAIT)
+            .unwrap_or_else(|| panic!("naming_go register: {}", reg.stderr()));
+        assert!(first.starts_with("registered {\"Op\":0"), "{first}");
+        let listed = go.list(&target);
+        assert_eq!(listed[&key]["Addr"], "127.0.0.1:9001", "{listed}");
+        assert_eq!(listed[&key]["Metadata"], json(metadata));
+
+        // Go adds one: C decodes both.
+        let go_meta = r#"{"lang":"Go","big":1e300,"s":"caf\u00e9"}"#;
+        go.add(
+            &target,
+            &format!("{target}/go1"),
+            "127.0.0.1:9002",
+            Some(go_meta),
+        );
+        go.add(&target, &format!("{target}/go2"), "127.0.0.1:9003", None);
+        let mut cmd = Command::new(&exe);
+        cmd.args(["list", &ep, &format!("{target}/")]);
+        let mut list = Lines::spawn(cmd);
+        let status = list.wait_exit(WAIT);
+        assert!(status.is_some_and(|s| s.success()), "{}", list.stderr());
+        let mut rows = Vec::new();
+        while let Some(l) = list.next(Duration::from_millis(500)) {
+            rows.push(l);
+        }
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        let row = |i: usize| rows[i].split_once('\t').expect("ADDR\tMETADATA");
+        assert_eq!(row(0).0, "127.0.0.1:9001");
+        assert_eq!(row(0).1, metadata, "C's own metadata comes back as written");
+        assert_eq!(row(1).0, "127.0.0.1:9002");
+        assert_eq!(json(row(1).1), json(go_meta));
+        assert_eq!(row(2), ("127.0.0.1:9003", "-"));
+
+        // Closing its stdin deregisters (revokes at once): Go's List loses it.
+        reg.close_stdin();
+        let status = reg.wait_exit(WAIT);
+        assert!(status.is_some_and(|s| s.success()), "{}", reg.stderr());
+        assert_eq!(reg.next(WAIT).as_deref(), Some("deregistered"));
+        let listed = go.list(&target);
+        assert!(listed.get(&key).is_none(), "{listed}");
+    }
+}

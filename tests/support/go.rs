@@ -278,6 +278,11 @@ impl Lines {
         stdin.flush()
     }
 
+    /// Closes the program's stdin (the end-of-input some commands wait for).
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+
     /// The program's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
