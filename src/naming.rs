@@ -517,6 +517,66 @@ mod tests {
         }
     }
 
+    /// Mutated values: decode never panics, and whatever it accepts
+    /// encodes to valid JSON that decodes to the same endpoint.
+    #[test]
+    fn mutated_values_never_panic_and_round_trip() {
+        const PIECES: &[&str] = &[
+            "{", "}", "[", "]", "\"", ":", ",", " ", "\n", "\\", "\\u00e9", "\\ud800", "0", "1",
+            "-", ".", "e", "null", "true", "Addr", "addr", "Op", "Metadata", "é", "\u{2028}",
+            "\u{0}",
+        ];
+        let seeds = [
+            r#"{"Op":0,"Addr":"10.0.0.1:80","Metadata":{"a":[1,2.5e3,"x"],"b":null}}"#,
+            r#"{"Addr":"a","Metadata":"s"}"#,
+            r#"{"op":1,"addr":"b","metadata":[true,{}]}"#,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut accepted = 0;
+        for i in 0..20_000 {
+            let mut v: Vec<char> = seeds[i % seeds.len()].chars().collect();
+            for _ in 0..1 + next(3) {
+                let at = next(v.len() + 1);
+                match next(3) {
+                    0 if at < v.len() => {
+                        v.remove(at);
+                    }
+                    _ => {
+                        let piece = PIECES[next(PIECES.len())];
+                        for (k, c) in piece.chars().enumerate() {
+                            v.insert(at + k, c);
+                        }
+                    }
+                }
+            }
+            let value: String = v.into_iter().collect();
+            let Ok(e) = Endpoint::decode(&value) else {
+                continue;
+            };
+            accepted += 1;
+            let encoded = e.encode();
+            serde_json::from_str::<serde_json::Value>(&encoded)
+                .or_else(|_| {
+                    serde_json::from_str::<&RawValue>(&encoded).map(|_| serde_json::Value::Null)
+                })
+                .unwrap_or_else(|err| panic!("{value:?} encoded to {encoded:?}: {err}"));
+            assert_eq!(Endpoint::decode(&encoded).unwrap(), e, "{value:?}");
+            if let Some(m) = &e.metadata {
+                assert_eq!(e.clone().with_metadata(m.clone()).unwrap(), e);
+            }
+        }
+        assert!(
+            accepted > 100,
+            "only {accepted} mutated values were endpoints"
+        );
+    }
+
     #[test]
     fn round_trip() {
         let cases = [
