@@ -837,6 +837,54 @@ etcd_sd_status etcd_sd_retry(struct etcd_sd_balancer *b,
                              etcd_sd_attempt_fn fn,
                              void *context);
 
+/**
+ * Encodes an endpoint in etcd's naming format: writes to `*out` the etcd
+ * value `{"Op":0,"Addr":"<addr>","Metadata":<metadata>}`, to be registered
+ * at a key `TARGET/<anything>` (Go's `endpoints.Manager` and gRPC's
+ * `etcd:///TARGET` resolver find it there).
+ *
+ * `metadata` is JSON text, or NULL for none (written as `null`); it is kept
+ * as written, without the whitespace around it. Free `*out` with
+ * `etcd_sd_string_free`.
+ *
+ * Returns `ETCD_SD_ERR_INVALID_ARGUMENT` (with `*out` NULL) when `addr` or
+ * `out` is NULL, a string is not UTF-8, or `metadata` is not one valid JSON
+ * value or is too large for etcd (1.5 MiB).
+ *
+ * gRPC-Go dialers on etcd 3.4's resolver (gRPC-Go up to 1.33) crash on
+ * metadata that is a JSON object or array; give them none, or a string.
+ *
+ * Thread-safe.
+ */
+etcd_sd_status etcd_sd_naming_encode(const char *addr, const char *metadata, char **out);
+
+/**
+ * Decodes an etcd value in etcd's naming format (as Go's `endpoints.Manager`
+ * writes it, or `etcd_sd_naming_encode`): writes the address to
+ * `*out_addr` and the metadata's JSON text, exactly as written, to
+ * `*out_metadata`, which is NULL when the value has no metadata (absent or
+ * `null`). Free both with `etcd_sd_string_free`.
+ *
+ * The value's `Op` is checked (an integer from 0 to 255) and otherwise
+ * ignored, as Go ignores it; unknown fields are ignored; field names match
+ * as in Go (exactly, else ignoring ASCII case; the last one given wins).
+ *
+ * Returns `ETCD_SD_ERR_INVALID_ARGUMENT` (with both out-pointers NULL)
+ * when an argument is NULL or not UTF-8, the value is not a JSON object,
+ * has no string `Addr` or a bad `Op`, or the address holds a NUL character
+ * (`\u0000`), which a C string cannot carry.
+ *
+ * Thread-safe.
+ */
+etcd_sd_status etcd_sd_naming_decode(const char *value, char **out_addr, char **out_metadata);
+
+/**
+ * Frees a string returned by `etcd_sd_naming_encode` or
+ * `etcd_sd_naming_decode`. NULL is fine; never free the same string twice,
+ * nor one the library lends (instances, `etcd_sd_strings_get`).
+ */
+void etcd_sd_string_free(char *s);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

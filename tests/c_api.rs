@@ -7,7 +7,8 @@
 //!   `-Wall -Wextra -Werror -pedantic` as C11 and again as C++17, which also
 //!   proves the header's `extern "C"` guards.
 //! * `cpp_wrapper`: `tests/cpp/wrapper_test.cpp` over `bindings/cpp/etcd_sd.hpp`.
-//! * `examples_build_and_run`: the C and C++ examples, run briefly.
+//! * `examples_build_and_run`: the C and C++ examples, run briefly, and the
+//!   Rust example `grpc_naming` (on its own private etcd).
 //! * `c_scenario_etcd_outage` / `c_scenario_authentication`:
 //!   `tests/c/scenario_test.c`, told by this driver when etcd was killed and
 //!   restarted (every blocking call fails in time, events carry the error and
@@ -317,6 +318,32 @@ fn examples_build_and_run() {
         );
         assert!(succeeded("hello", &out).contains(env!("CARGO_PKG_VERSION")));
     }
+
+    // The Rust example of etcd's naming format, on its own private etcd.
+    let out = run_bounded(&mut rust_example("grpc_naming"), Duration::from_secs(120));
+    let text = succeeded("grpc_naming", &out);
+    assert!(
+        text.contains(r#"{"Op":0,"Addr":"10.0.0.1:50051","Metadata":"zone-a"}"#)
+            && text.contains("dialing etcd:///services/greeter connects to:")
+            && text.contains("done: instances deregistered, etcd stopped"),
+        "{text}"
+    );
+}
+
+/// A Rust example, built by cargo (`cargo test --all-targets` has built it
+/// already; `cargo test --test c_api` has not, and cargo's lock is free while
+/// tests run) and ready to run.
+fn rust_example(name: &str) -> Command {
+    let build = run_bounded(
+        Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", name, "--manifest-path"])
+            .arg(manifest_dir().join("Cargo.toml")),
+        Duration::from_secs(600),
+    );
+    succeeded(&format!("cargo build --example {name}"), &build);
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile = exe.parent().and_then(Path::parent).expect("profile dir");
+    Command::new(profile.join("examples").join(name))
 }
 
 /// Asserts that a program exited with success (showing its output if not)

@@ -565,6 +565,58 @@ class Instancer {
   detail::Handle<etcd_sd_instancer, etcd_sd_instancer_free> handle_;
 };
 
+/// etcd's own naming format, which Go's endpoints.Manager and gRPC's
+/// etcd:///TARGET resolver read: register encode(endpoint) at a key
+/// TARGET/<anything>; decode what is found under TARGET/. See the Rust
+/// module etcd_sd::naming for the rules (metadata is JSON text kept as
+/// written; Op is checked and ignored; unknown fields are ignored).
+///
+/// gRPC-Go dialers on etcd 3.4's resolver (gRPC-Go up to 1.33) crash on
+/// object or array metadata: give them none, or a string.
+namespace naming {
+
+/// One endpoint: the address a gRPC client dials, and optional metadata
+/// (JSON text).
+struct Endpoint {
+  std::string addr;
+  std::optional<std::string> metadata;
+
+  bool operator==(const Endpoint &o) const { return addr == o.addr && metadata == o.metadata; }
+  bool operator!=(const Endpoint &o) const { return !(*this == o); }
+};
+
+namespace detail {
+struct StringFree {
+  void operator()(char *p) const noexcept { etcd_sd_string_free(p); }
+};
+using OwnedString = std::unique_ptr<char, StringFree>;
+}  // namespace detail
+
+/// The etcd value {"Op":0,"Addr":...,"Metadata":...}. Throws Error
+/// (ETCD_SD_ERR_INVALID_ARGUMENT) when the metadata is not valid JSON.
+inline std::string encode(const Endpoint &e) {
+  char *out = nullptr;
+  ::etcd_sd::detail::check(etcd_sd_naming_encode(
+      e.addr.c_str(), e.metadata ? e.metadata->c_str() : nullptr, &out));
+  detail::OwnedString owned(out);
+  return std::string(owned.get());
+}
+
+/// Reads an etcd value in the naming format. Throws Error
+/// (ETCD_SD_ERR_INVALID_ARGUMENT) when it is not one.
+inline Endpoint decode(std::string_view value) {
+  std::string text(value);
+  char *addr = nullptr;
+  char *metadata = nullptr;
+  ::etcd_sd::detail::check(etcd_sd_naming_decode(text.c_str(), &addr, &metadata));
+  detail::OwnedString a(addr), m(metadata);
+  Endpoint e{std::string(a.get()), std::nullopt};
+  if (m) e.metadata = std::string(m.get());
+  return e;
+}
+
+}  // namespace naming
+
 }  // namespace etcd_sd
 
 #endif  // ETCD_SD_HPP

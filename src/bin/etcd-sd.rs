@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! etcd-sd register /services/foosvc/1.2.3.4:8080 http://1.2.3.4:8080 --ttl 10s
+//! etcd-sd register foosvc/1.2.3.4:8080 1.2.3.4:8080 --naming --metadata '{"v":"1"}'
 //! etcd-sd watch /services/foosvc/ --json
 //! etcd-sd list /services/foosvc/
 //! etcd-sd pick /services/foosvc/ --n 3 --random
@@ -72,7 +73,12 @@ fn main() -> ExitCode {
             value,
             ttl,
             heartbeat,
-        } => commands::register(&cli.connection, key, value, *ttl, *heartbeat),
+            naming,
+            metadata,
+        } => match commands::naming_value(value, *naming, metadata.as_deref()) {
+            Ok(value) => commands::register(&cli.connection, key, &value, *ttl, *heartbeat),
+            Err(f) => Err(f),
+        },
         Command::Watch {
             prefix,
             json,

@@ -72,6 +72,9 @@ mod event;
 // etcd_sd_balancer and etcd_sd_retry.
 mod balancer;
 
+// etcd's naming format: etcd_sd_naming_encode / _decode, etcd_sd_string_free.
+mod naming;
+
 pub use self::balancer::*;
 pub use self::client::*;
 pub use self::error::*;

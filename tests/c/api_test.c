@@ -1142,6 +1142,91 @@ static void test_instancer_with_snapshot(void) {
   CHECK(rmdir(dir) == 0);
 }
 
+/* ---------------------------------------------------------------- naming */
+
+static void test_naming_encode_decode(void) {
+  char *value = NULL, *addr = NULL, *meta = NULL;
+  /* Metadata kept as written, without the whitespace around it. */
+  CHECK_OK(etcd_sd_naming_encode("10.0.0.1:8080", " {\"v\": \"1.2\", \"n\": 1e400} ", &value));
+  CHECK(value && strcmp(value, "{\"Op\":0,\"Addr\":\"10.0.0.1:8080\",\"Metadata\":"
+                               "{\"v\": \"1.2\", \"n\": 1e400}}") == 0);
+  CHECK_OK(etcd_sd_naming_decode(value, &addr, &meta));
+  CHECK(addr && strcmp(addr, "10.0.0.1:8080") == 0);
+  CHECK(meta && strcmp(meta, "{\"v\": \"1.2\", \"n\": 1e400}") == 0);
+  etcd_sd_string_free(value);
+  etcd_sd_string_free(addr);
+  etcd_sd_string_free(meta);
+
+  /* No metadata: NULL in, "null" in the value, NULL out. */
+  CHECK_OK(etcd_sd_naming_encode("h:1", NULL, &value));
+  CHECK(value && strcmp(value, "{\"Op\":0,\"Addr\":\"h:1\",\"Metadata\":null}") == 0);
+  meta = (char *)1;
+  CHECK_OK(etcd_sd_naming_decode(value, &addr, &meta));
+  CHECK(addr && strcmp(addr, "h:1") == 0);
+  CHECK(meta == NULL);
+  etcd_sd_string_free(value);
+  etcd_sd_string_free(addr);
+
+  /* What Go writes, with unknown fields and names in another case. */
+  CHECK_OK(etcd_sd_naming_decode("{\"op\":0,\"addr\":\"caf\\u00e9:1\",\"Extra\":[1],"
+                                 "\"Metadata\":\"m\"}",
+                                 &addr, &meta));
+  CHECK(addr && strcmp(addr, "caf\xc3\xa9:1") == 0);
+  CHECK(meta && strcmp(meta, "\"m\"") == 0);
+  etcd_sd_string_free(addr);
+  etcd_sd_string_free(meta);
+
+  /* Errors: a clear status and text, out-pointers NULL. */
+  value = (char *)1;
+  CHECK_STATUS(etcd_sd_naming_encode("h:1", "{not json", &value), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK(value == NULL);
+  char text[256];
+  etcd_sd_last_error(text, sizeof text);
+  CHECK(strstr(text, "not valid JSON") != NULL);
+  CHECK_STATUS(etcd_sd_naming_encode(NULL, NULL, &value), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(etcd_sd_naming_encode("h:1", NULL, NULL), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(etcd_sd_naming_encode(BAD_UTF8, NULL, &value), ETCD_SD_ERR_INVALID_ARGUMENT);
+  const char *bad[] = {"http://10.0.0.1:8080", "{\"Metadata\":{}}", "{\"Addr\":7}",
+                       "{\"Op\":\"x\",\"Addr\":\"a\"}", "[]", ""};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    addr = meta = (char *)1;
+    CHECK_STATUS(etcd_sd_naming_decode(bad[i], &addr, &meta), ETCD_SD_ERR_INVALID_ARGUMENT);
+    CHECK(addr == NULL && meta == NULL);
+    etcd_sd_last_error(text, sizeof text);
+    CHECK(strstr(text, "naming endpoint") != NULL);
+  }
+  meta = (char *)1;
+  CHECK_STATUS(etcd_sd_naming_decode("{\"Addr\":\"a\"}", NULL, &meta),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK(meta == NULL);
+  CHECK_STATUS(etcd_sd_naming_decode(NULL, &addr, &meta), ETCD_SD_ERR_INVALID_ARGUMENT);
+  etcd_sd_string_free(NULL);
+
+  /* Registered and read back through etcd. */
+  etcd_sd_client *c = NULL;
+  CHECK_OK(connect_client(&c));
+  if (!c) return;
+  char prefix[160];
+  prefix_for(prefix, sizeof prefix, "naming");
+  CHECK_OK(etcd_sd_naming_encode("10.0.0.9:9", "{\"zone\":\"a\"}", &value));
+  etcd_sd_registrar *r = put(c, prefix, "10.0.0.9:9", value);
+  CHECK(r != NULL);
+  etcd_sd_string_free(value);
+  etcd_sd_strings *s = NULL;
+  CHECK_OK(etcd_sd_client_get_entries(c, prefix, &s));
+  CHECK(etcd_sd_strings_len(s) == 1);
+  if (etcd_sd_strings_len(s) == 1) {
+    CHECK_OK(etcd_sd_naming_decode(etcd_sd_strings_get(s, 0), &addr, &meta));
+    CHECK(addr && strcmp(addr, "10.0.0.9:9") == 0);
+    CHECK(meta && strcmp(meta, "{\"zone\":\"a\"}") == 0);
+    etcd_sd_string_free(addr);
+    etcd_sd_string_free(meta);
+  }
+  etcd_sd_strings_free(s);
+  etcd_sd_registrar_free(r);
+  etcd_sd_client_free(c);
+}
+
 int main(void) {
   g_endpoint = getenv("ETCD_SD_TEST_ENDPOINT");
   if (!g_endpoint || !*g_endpoint) {
@@ -1172,6 +1257,7 @@ int main(void) {
       {"handles_from_many_threads", test_handles_from_many_threads},
       {"stats", test_stats},
       {"instancer_with_snapshot", test_instancer_with_snapshot},
+      {"naming_encode_decode", test_naming_encode_decode},
   };
   const char *only = getenv("ETCD_SD_TEST_ONLY");
   int passed = 0, failed = 0;

@@ -384,6 +384,35 @@ void test_instancer_with_snapshot() {
   CHECK(rmdir(dir) == 0);
 }
 
+void test_naming() {
+  namespace naming = etcd_sd::naming;
+  naming::Endpoint e{"10.0.0.1:8080", std::string(" {\"v\": [1, 2.50]} ")};
+  std::string value = naming::encode(e);
+  CHECK(value == "{\"Op\":0,\"Addr\":\"10.0.0.1:8080\",\"Metadata\":{\"v\": [1, 2.50]}}");
+  naming::Endpoint back = naming::decode(value);
+  CHECK(back.addr == "10.0.0.1:8080");
+  CHECK(back.metadata && *back.metadata == "{\"v\": [1, 2.50]}");
+  naming::Endpoint plain{"h:1", std::nullopt};
+  CHECK(naming::decode(naming::encode(plain)) == plain);
+  CHECK_THROWS(naming::encode(naming::Endpoint{"h:1", std::string("{bad")}),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS(naming::decode("http://10.0.0.1:8080"), ETCD_SD_ERR_INVALID_ARGUMENT);
+  try {
+    naming::decode("{\"Metadata\":1}");
+    CHECK(false);
+  } catch (const etcd_sd::Error &err) {
+    CHECK(std::string(err.what()).find("Addr") != std::string::npos);
+  }
+  // Registered, found, decoded.
+  etcd_sd::Client c = connect();
+  std::string p = prefix("naming");
+  etcd_sd::Registrar r(c, p + "a", naming::encode(naming::Endpoint{"10.0.0.2:1", std::string("\"z\"")}));
+  r.register_service();
+  auto values = c.get_entries(p);
+  CHECK(values.size() == 1);
+  CHECK(naming::decode(values[0]) == (naming::Endpoint{"10.0.0.2:1", std::string("\"z\"")}));
+}
+
 int main() {
   const char *ep = std::getenv("ETCD_SD_TEST_ENDPOINT");
   if (!ep || !*ep) {
@@ -405,6 +434,7 @@ int main() {
       {"stats", test_stats},
       {"lazy_client_and_drain", test_lazy_client_and_drain},
       {"instancer_with_snapshot", test_instancer_with_snapshot},
+      {"naming", test_naming},
   };
   int passed = 0, failed = 0;
   for (auto &t : tests) {

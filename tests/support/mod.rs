@@ -12,6 +12,8 @@
 //! - [`probe`]: what the OS says about this process (threads, established
 //!   connections, memory), and the scraping of etcd's metrics and of
 //!   etcdctl's output.
+//! - [`go`]: the Go program of the naming tests (`tests/go/naming_peer`),
+//!   built once with etcd's own Go naming packages.
 //! - [`api`]: helpers on top of the `etcd_sd` API (clients, registrations,
 //!   waiting for events), used as `use support::api::*;`.
 //! - here: free ports, unique key prefixes, bounded polling, `secs`/`ms`.
@@ -28,6 +30,7 @@
 pub mod api;
 pub mod cluster;
 pub mod etcd;
+pub mod go;
 pub mod probe;
 pub mod proxy;
 

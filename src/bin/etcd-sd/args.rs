@@ -13,6 +13,10 @@ Output:
   carriage return as \\r, tab as \\t, any other ASCII control character or
   DEL as \\xNN (e.g. \\x1b), and other control characters or line separators
   as \\u{NNNN}. With --json, values are JSON strings instead.
+  Values in etcd's naming format ({\"Op\":0,\"Addr\":...,\"Metadata\":...}, as Go's
+  endpoints.Manager and `register --naming` write them) are shown decoded, as
+  addr=ADDR metadata=JSON (metadata=null when there is none); with --json, as
+  {\"addr\":ADDR,\"metadata\":JSON,\"value\":VALUE}. Other values are shown as they are.
   A closed stdout (e.g. `etcd-sd watch /p/ | head -1`) ends the command
   quietly, with status 0.
 
@@ -100,6 +104,17 @@ pub enum Command {
         /// How often the registration is refreshed (at least 500ms)
         #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
         heartbeat: Duration,
+        /// Write etcd's naming format, which Go's endpoints.Manager and gRPC's
+        /// etcd:///TARGET resolver read: VALUE is then the address (e.g.
+        /// 10.0.0.1:8080) and the value written is
+        /// {"Op":0,"Addr":VALUE,"Metadata":...}. Use a KEY of TARGET/<anything>
+        #[arg(long)]
+        naming: bool,
+        /// With --naming: the endpoint's metadata, as JSON (e.g.
+        /// '{"version":"1.2"}'). gRPC-Go dialers up to 1.33 (etcd 3.4's
+        /// resolver) crash on an object or array: give them a string
+        #[arg(long, value_name = "JSON", requires = "naming")]
+        metadata: Option<String>,
     },
     /// Print the instances under PREFIX, then every change, with a timestamp,
     /// until Ctrl-C or SIGTERM: a line with the time and the count, then one

@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_sd::channel::{self, select, Receiver};
 use etcd_sd::lb::{Balancer, Random, RoundRobin};
+use etcd_sd::naming::Endpoint;
 use etcd_sd::sd::{Endpointer, EndpointerOptions};
 use etcd_sd::{
     Client, ClientOptions, Error, ErrorKind, Event, Instancer, InstancerOptions, Registrar,
@@ -88,6 +89,21 @@ fn interrupts() -> Result<Receiver<()>, Failure> {
     })
     .map_err(|e| Failure::new(Failure::OTHER, format!("cannot handle Ctrl-C: {e}")))?;
     Ok(rx)
+}
+
+/// The value `register` writes: VALUE itself, or with `--naming` the
+/// naming-format value of address VALUE and `metadata`.
+pub fn naming_value(value: &str, naming: bool, metadata: Option<&str>) -> Result<String, Failure> {
+    if !naming {
+        return Ok(value.to_string());
+    }
+    let mut endpoint = Endpoint::new(value);
+    if let Some(json) = metadata {
+        endpoint = endpoint
+            .with_metadata(json)
+            .map_err(|e| Failure::new(Failure::USAGE, format!("--metadata: {}", e.message())))?;
+    }
+    Ok(endpoint.encode())
 }
 
 /// `register KEY VALUE`: stays registered until interrupted.
@@ -305,18 +321,18 @@ pub fn list(
                 if n == 1 { "" } else { "s" }
             );
             if json {
-                output::line(&output::json_array(instances.iter()))?;
+                output::line(&output::instances_json(instances.iter()))?;
             } else {
-                output::lines(instances.iter().map(output::one_line))?;
+                output::lines(instances.iter().map(|v| output::instance_line(v)))?;
             }
             return Err(Failure::new(Failure::FROM_SNAPSHOT, ""));
         }
         (Err(f), _) => return Err(f),
     };
     if json {
-        output::line(&output::json_array(values.iter().map(String::as_str)))
+        output::line(&output::instances_json(values.iter().map(String::as_str)))
     } else {
-        output::lines(values.iter().map(|v| output::one_line(v)))
+        output::lines(values.iter().map(|v| output::instance_line(v)))
     }
 }
 

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use etcd_sd::naming::Endpoint;
 use etcd_sd::Event;
 
 use crate::Failure;
@@ -117,14 +118,86 @@ pub fn json_string(s: &str) -> String {
 }
 
 /// A JSON array of strings.
+#[cfg(test)]
 pub fn json_array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     let parts: Vec<String> = items.into_iter().map(json_string).collect();
     format!("[{}]", parts.join(","))
 }
 
+/// How an instance is shown on one line: a value in etcd's naming format as
+/// `addr=ADDR metadata=JSON` (`metadata=null` without), any other value as
+/// it is; escaped with [`one_line`] either way.
+pub fn instance_line(value: &str) -> Cow<'_, str> {
+    match Endpoint::decode(value) {
+        Ok(e) => {
+            let metadata = e.metadata.as_deref().map(compact_json);
+            let text = format!(
+                "addr={} metadata={}",
+                e.addr,
+                metadata.as_deref().unwrap_or("null")
+            );
+            Cow::Owned(one_line(&text).into_owned())
+        }
+        Err(_) => one_line(value),
+    }
+}
+
+/// An instance as JSON: a value in etcd's naming format as
+/// `{"addr":ADDR,"metadata":JSON,"value":VALUE}` (the metadata as written,
+/// on one line), any other value as a JSON string.
+pub fn instance_json(value: &str) -> String {
+    match Endpoint::decode(value) {
+        Ok(e) => format!(
+            "{{\"addr\":{},\"metadata\":{},\"value\":{}}}",
+            json_string(&e.addr),
+            e.metadata
+                .as_deref()
+                .map(compact_json)
+                .as_deref()
+                .unwrap_or("null"),
+            json_string(value)
+        ),
+        Err(_) => json_string(value),
+    }
+}
+
+/// A JSON array of instances, each as [`instance_json`].
+pub fn instances_json<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let parts: Vec<String> = items.into_iter().map(instance_json).collect();
+    format!("[{}]", parts.join(","))
+}
+
+/// Valid JSON text on one line: the whitespace between tokens removed, and
+/// U+2028 / U+2029 inside strings escaped. Everything else (numbers, key
+/// order, escapes) stays as written.
+fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            match c {
+                '\u{2028}' => out.push_str("\\u2028"),
+                '\u{2029}' => out.push_str("\\u2029"),
+                c => out.push(c),
+            }
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The lines of one watch event: one JSON object, or a header line with the
 /// time and the count (and the error, if any) followed by one line per
-/// instance, indented by two spaces and escaped with [`one_line`].
+/// instance, indented by two spaces, as [`instance_line`] shows it.
 pub fn event_lines(time: &str, event: &Event, json: bool) -> Vec<String> {
     if json {
         return vec![event_json(time, event)];
@@ -139,7 +212,12 @@ pub fn event_lines(time: &str, event: &Event, json: bool) -> Vec<String> {
         ),
     };
     std::iter::once(header)
-        .chain(event.instances.iter().map(|i| format!("  {}", one_line(i))))
+        .chain(
+            event
+                .instances
+                .iter()
+                .map(|i| format!("  {}", instance_line(i))),
+        )
         .collect()
 }
 
@@ -156,7 +234,7 @@ fn event_json(time: &str, event: &Event) -> String {
     format!(
         "{{\"time\":{},\"instances\":{},\"error\":{error}}}",
         json_string(time),
-        json_array(event.instances.iter())
+        instances_json(event.instances.iter())
     )
 }
 
@@ -235,6 +313,45 @@ mod tests {
         assert_eq!(one_line("\u{85}\u{2028}é"), r"\u{0085}\u{2028}é");
         // Unambiguous: an escaped newline and a backslash followed by n differ.
         assert_ne!(one_line("\n"), one_line("\\n"));
+    }
+
+    #[test]
+    fn naming_values_are_decoded() {
+        let v = r#"{"Op":0,"Addr":"10.0.0.1:80","Metadata":{ "v" : [1, 2.50],"s":"a b\u2028"}}"#;
+        assert_eq!(
+            instance_line(v),
+            r#"addr=10.0.0.1:80 metadata={"v":[1,2.50],"s":"a b\\u2028"}"#
+        );
+        assert_eq!(
+            instance_json(v),
+            format!(
+                r#"{{"addr":"10.0.0.1:80","metadata":{{"v":[1,2.50],"s":"a b\u2028"}},"value":{}}}"#,
+                json_string(v)
+            )
+        );
+        let none = r#"{"Op":0,"Addr":"h:1","Metadata":null}"#;
+        assert_eq!(instance_line(none), "addr=h:1 metadata=null");
+        assert!(instance_json(none).starts_with(r#"{"addr":"h:1","metadata":null,"value":"#));
+        // A raw U+2028 and newlines inside the metadata stay on one line.
+        let raw = "{\"Addr\":\"a\\nb\",\"Metadata\":[\"x\u{2028}y\",\n1]}";
+        assert_eq!(instance_line(raw), r#"addr=a\nb metadata=["x\\u2028y",1]"#);
+        assert_eq!(
+            instance_json(raw),
+            format!(
+                r#"{{"addr":"a\nb","metadata":["x\u2028y",1],"value":{}}}"#,
+                json_string(raw)
+            )
+        );
+        // Other values as they are.
+        assert_eq!(instance_line("http://x\n"), r"http://x\n");
+        assert_eq!(instance_json("http://x"), r#""http://x""#);
+        assert_eq!(instance_json(r#"{"Addr":1}"#), json_string(r#"{"Addr":1}"#));
+        assert_eq!(instances_json(["a", none]).matches("\"addr\"").count(), 1);
+        // Escapes inside strings are kept, quotes inside strings do not end them.
+        assert_eq!(
+            compact_json(r#"{ "a\" b" : "c\\" , "d":1 }"#),
+            r#"{"a\" b":"c\\","d":1}"#
+        );
     }
 
     #[test]
