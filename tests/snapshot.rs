@@ -559,7 +559,26 @@ fn timings() {
         let inst = Instancer::with_options(&c, &prefix, with_snapshot(&path)).unwrap();
         let down = t.elapsed();
         assert_eq!(inst.current().instances.len(), n);
-        eprintln!("N={n}: etcd down: with_options from the snapshot {down:?}");
+        // From process start, etcd down: a lazy client, the list from the file.
+        let t = Instant::now();
+        let out = Command::new(&exe)
+            .args(["--exact", "timing_child", "--nocapture", "--test-threads=1"])
+            .env("SNAP_T_ENDPOINT", etcd.endpoint())
+            .env("SNAP_T_PREFIX", &prefix)
+            .env("SNAP_T_PATH", &path)
+            .env("SNAP_T_N", n.to_string())
+            .env("SNAP_T_DOWN", "1")
+            .output()
+            .unwrap();
+        let process = t.elapsed();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        eprintln!(
+            "N={n}: etcd down: with_options from the snapshot {down:?}; child process start to first list {process:?} (exit included)"
+        );
     }
 }
 
@@ -571,9 +590,13 @@ fn timing_child() {
     let prefix = std::env::var("SNAP_T_PREFIX").unwrap();
     let path = std::env::var("SNAP_T_PATH").unwrap();
     let n: usize = std::env::var("SNAP_T_N").unwrap().parse().unwrap();
-    let c = Client::connect(&[endpoint], options(secs(2))).unwrap();
+    let down = std::env::var_os("SNAP_T_DOWN").is_some();
+    // Lazy either way, as a service that must start whatever etcd does.
+    let c = Client::connect_lazy(&[endpoint], options(secs(2))).unwrap();
     let inst = Instancer::with_options(&c, &prefix, with_snapshot(Path::new(&path))).unwrap();
-    assert_eq!(inst.current().instances.len(), n);
+    let now = inst.current();
+    assert_eq!(now.instances.len(), n);
+    assert_eq!(now.err.is_some(), down, "{:?}", now.err);
 }
 
 #[test]
