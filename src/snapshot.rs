@@ -181,7 +181,7 @@ pub(crate) enum Found {
 /// does not exist (or a parent that is not a directory, where no file can
 /// exist) is normal at a first start (debug; the writer speaks up).
 pub(crate) fn load(path: &Path, prefix: &str, max_age: Duration) -> Found {
-    let bytes = match fs::read(path) {
+    let bytes = match read_regular(path) {
         Ok(b) => b,
         Err(e)
             if matches!(
@@ -214,6 +214,65 @@ pub(crate) fn load(path: &Path, prefix: &str, max_age: Duration) -> Found {
     }
 }
 
+/// Reads the regular file at `path` (following symlinks). Anything else is
+/// refused without blocking or reading it: a FIFO (whose open would wait for a
+/// writer for ever), a device (/dev/zero never ends), a socket. A directory is
+/// `IsADirectory`.
+fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut open = OpenOptions::new();
+    open.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opening a FIFO without a writer returns at once instead of waiting.
+        open.custom_flags(libc_o_nonblock());
+    }
+    let mut f = open.open(path)?;
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "a directory is in the way",
+        ));
+    }
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(1 << 20) as usize);
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// `O_NONBLOCK`, whose value differs between platforms.
+#[cfg(unix)]
+fn libc_o_nonblock() -> i32 {
+    nix::fcntl::OFlag::O_NONBLOCK.bits()
+}
+
+/// Where a write to `path` must go: symlinks followed (a dangling one to the
+/// file it names), so that a link to the real file stays a link.
+fn resolve(path: &Path) -> io::Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&p)?;
+                p = if target.is_absolute() {
+                    target
+                } else {
+                    p.parent().unwrap_or(Path::new(".")).join(target)
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(io::Error::other("too many levels of symbolic links"))
+}
+
 /// Makes temporary file names unique within the process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -222,6 +281,16 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// that is not a file (a directory in the way) stays as it is: the rename
 /// fails. The temporary file is removed on failure.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let resolved = resolve(path)?;
+    let path = resolved.as_path();
+    if let Ok(m) = fs::metadata(path) {
+        if !m.is_dir() && !m.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "something that is not a regular file is in the way",
+            ));
+        }
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
