@@ -137,3 +137,122 @@ fn a_symlinked_snapshot_file_is_written_through() {
         .expect("the snapshot is readable through the link");
     assert_eq!(again.iter().collect::<Vec<_>>(), vec!["a"]);
 }
+
+fn task_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Every snapshot Instancer has a writer thread: after many create/drop
+/// cycles none are left behind.
+#[test]
+fn snapshot_instancers_leave_no_threads_behind() {
+    let etcd = EtcdServer::start();
+    let client = connect_with(&etcd, options(secs(2)));
+    let prefix = unique_prefix("threads");
+    let _r = registered(&client, format!("{prefix}a"), "a");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snap");
+    // Warm up (lazy runtime threads, pools).
+    drop(
+        Instancer::with_options(
+            &client,
+            &prefix,
+            InstancerOptions::new().snapshot_file(&path),
+        )
+        .unwrap(),
+    );
+    std::thread::sleep(secs(1));
+    let before = task_count();
+    for _ in 0..100 {
+        let i = Instancer::with_options(
+            &client,
+            &prefix,
+            InstancerOptions::new().snapshot_file(&path),
+        )
+        .unwrap();
+        drop(i);
+    }
+    assert!(
+        wait_until(secs(10), || task_count() <= before + 2),
+        "threads before {before}, after {}",
+        task_count()
+    );
+}
+
+/// resume() called 100 times in a row, and pause/resume alternated, hold
+/// one lease at most: no lease leaks.
+#[test]
+fn resume_spam_leaks_no_lease() {
+    let etcd = EtcdServer::start();
+    let client = connect_with(&etcd, options(secs(2)));
+    let prefix = unique_prefix("spam");
+    let key = format!("{prefix}a");
+    let r = registered(&client, key.clone(), "a");
+    for _ in 0..100 {
+        r.resume().unwrap();
+    }
+    assert_eq!(etcd.leases().len(), 1, "leases after 100 resume()");
+    for _ in 0..20 {
+        r.pause().unwrap();
+        r.resume().unwrap();
+    }
+    assert!(
+        wait_until(secs(10), || etcd.leases().len() == 1),
+        "leases after 20 pause/resume: {:?}",
+        etcd.leases()
+    );
+    assert!(etcd.exists(&key));
+    r.pause().unwrap();
+    assert!(
+        wait_until(secs(10), || etcd.leases().is_empty()),
+        "a lease outlived the pause: {:?}",
+        etcd.leases()
+    );
+    assert!(!etcd.exists(&key));
+}
+
+/// pause() from the thread that consumes the registration events, and then
+/// from many threads at once: no deadlock, Paused, key gone.
+#[test]
+fn pause_from_the_events_consumer_and_many_threads() {
+    let etcd = EtcdServer::start();
+    let client = connect_with(&etcd, options(secs(2)));
+    let prefix = unique_prefix("consumer");
+    let key = format!("{prefix}a");
+    let r = std::sync::Arc::new(registered(&client, key.clone(), "a"));
+    let events = r.events();
+    let (tx, rx) = mpsc::channel();
+    let r2 = r.clone();
+    std::thread::spawn(move || {
+        // The first event after the revoke below: pause from here.
+        if events.recv_timeout(secs(20)).is_ok() {
+            let _ = tx.send(r2.pause());
+        }
+    });
+    etcd.revoke_lease_of(&key);
+    let got = rx
+        .recv_timeout(secs(20))
+        .expect("pause from the consumer hung");
+    assert!(got.is_ok(), "{got:?}");
+    assert_eq!(r.state(), etcd_sd::RegistrationState::Paused);
+    std::thread::sleep(secs(2));
+    assert_eq!(r.state(), etcd_sd::RegistrationState::Paused);
+    assert!(!etcd.exists(&key), "re-registered after pause");
+    r.resume().unwrap();
+    let ts: Vec<_> = (0..8)
+        .map(|n| {
+            let r = r.clone();
+            std::thread::spawn(move || if n % 2 == 0 { r.pause() } else { r.resume() })
+        })
+        .collect();
+    for t in ts {
+        let _ = t.join().unwrap();
+    }
+    r.pause().unwrap();
+    assert!(wait_until(secs(10), || !etcd.exists(&key)));
+    assert!(
+        wait_until(secs(10), || etcd.leases().is_empty()),
+        "leases left: {:?}",
+        etcd.leases()
+    );
+}
