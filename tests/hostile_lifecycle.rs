@@ -256,3 +256,112 @@ fn pause_from_the_events_consumer_and_many_threads() {
         etcd.leases()
     );
 }
+
+/// Writes a valid snapshot file of `instances` for `prefix`, as the
+/// library does (written now).
+fn write_snapshot(path: &Path, prefix: &str, instances: &[&str]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let body = serde_json::json!({
+        "format": "etcd-sd-snapshot", "version": 1, "prefix": prefix,
+        "revision": 1, "written_unix_ms": now, "instances": instances,
+    });
+    let mut bytes = serde_json::to_vec(&body).unwrap();
+    bytes.push(b'\n');
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(format!("crc32 {crc:08x}\n").as_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Offline start from a snapshot on a lazy client that never connected,
+/// then etcd answers: with an empty prefix (a clean, empty Event) and with
+/// the very set of the snapshot (a clean Event still follows: err cleared).
+#[test]
+fn offline_snapshot_then_etcd_answers_clean() {
+    let mut etcd = EtcdServer::start();
+    let empty = unique_prefix("empty");
+    let same = unique_prefix("same");
+    etcd.put(&format!("{same}a"), "a");
+    etcd.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let (pe, ps) = (dir.path().join("e"), dir.path().join("s"));
+    write_snapshot(&pe, &empty, &["x"]);
+    write_snapshot(&ps, &same, &["a"]);
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (me, msame) = (mtime(&pe), mtime(&ps));
+    let client = etcd_sd::Client::connect_lazy(&[etcd.endpoint()], options(secs(2))).unwrap();
+    let t0 = std::time::Instant::now();
+    let ie = Instancer::with_options(&client, &empty, InstancerOptions::new().snapshot_file(&pe))
+        .unwrap();
+    let is = Instancer::with_options(&client, &same, InstancerOptions::new().snapshot_file(&ps))
+        .unwrap();
+    // "at once when the client has never connected": generous for CI.
+    assert!(t0.elapsed() < secs(2), "took {:?}", t0.elapsed());
+    let (ce, cs) = (ie.current(), is.current());
+    assert_eq!(instances(&ce), strs(&["x"]), "{}", describe(&ce));
+    assert!(ce.err.is_some());
+    assert_eq!(instances(&cs), strs(&["a"]), "{}", describe(&cs));
+    assert!(cs.err.is_some());
+    let (re, rs) = (ie.subscribe(), is.subscribe());
+    std::thread::sleep(secs(2));
+    assert_eq!(mtime(&pe), me, "an offline Instancer rewrote its snapshot");
+    assert_eq!(
+        mtime(&ps),
+        msame,
+        "an offline Instancer rewrote its snapshot"
+    );
+    etcd.restart();
+    let ev = recv_until(&re, secs(20), |e| e.err.is_none()).unwrap_or_else(|e| {
+        panic!(
+            "no clean Event for the empty prefix: {e}; now {}",
+            describe(&ie.current())
+        )
+    });
+    assert!(instances(&ev).is_empty(), "{}", describe(&ev));
+    let ev = recv_until(&rs, secs(20), |e| e.err.is_none()).unwrap_or_else(|e| {
+        panic!(
+            "no clean Event for the same set: {e}; now {}",
+            describe(&is.current())
+        )
+    });
+    assert_eq!(instances(&ev), strs(&["a"]), "{}", describe(&ev));
+    assert!(is.current().err.is_none());
+    assert!(ie.current().err.is_none() && instances(&ie.current()).is_empty());
+}
+
+/// pause() while register() is stuck on a frozen (SIGSTOPped) etcd: once
+/// etcd thaws, the key must not appear (nothing registers a paused key).
+#[test]
+fn pause_while_registering_on_a_frozen_etcd_then_it_thaws() {
+    let mut etcd = EtcdServer::start();
+    let client = connect_with(&etcd, options(secs(2)));
+    let prefix = unique_prefix("frozen");
+    let key = format!("{prefix}a");
+    let r = etcd_sd::Registrar::new(
+        &client,
+        etcd_sd::Service::new(key.clone(), "a").with_ttl(short_ttl()),
+    );
+    etcd.pause();
+    assert!(r.register().is_err());
+    let t0 = std::time::Instant::now();
+    let p = r.pause();
+    assert!(t0.elapsed() < secs(6), "pause took {:?}", t0.elapsed());
+    assert!(
+        p.is_ok()
+            || matches!(
+                p.as_ref().unwrap_err().kind(),
+                etcd_sd::ErrorKind::Timeout | etcd_sd::ErrorKind::Unavailable
+            ),
+        "{p:?}"
+    );
+    assert_eq!(r.state(), etcd_sd::RegistrationState::Paused);
+    etcd.resume();
+    for _ in 0..16 {
+        assert!(!etcd.exists(&key), "the key appeared after pause");
+        assert_eq!(r.state(), etcd_sd::RegistrationState::Paused);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    eprintln!("leases after thaw: {:?}", etcd.leases());
+}
