@@ -365,3 +365,78 @@ fn pause_while_registering_on_a_frozen_etcd_then_it_thaws() {
     }
     eprintln!("leases after thaw: {:?}", etcd.leases());
 }
+
+/// Dropping an Instancer right after an Event, within the writer's
+/// debounce: the file holds that Event's set (the pending write is done,
+/// whole), not the previous one.
+#[test]
+fn drop_with_a_pending_write_writes_it() {
+    let etcd = EtcdServer::start();
+    let client = connect_with(&etcd, options(secs(2)));
+    let dir = tempfile::tempdir().unwrap();
+    for n in 0..5 {
+        let prefix = unique_prefix("pending");
+        let path = dir.path().join(format!("snap{n}"));
+        let i = Instancer::with_options(
+            &client,
+            &prefix,
+            InstancerOptions::new().snapshot_file(&path),
+        )
+        .unwrap();
+        let rx = i.subscribe();
+        etcd.put(&format!("{prefix}k"), "v");
+        let _ = recv_instances(&rx, secs(10), &["v"]);
+        drop(i);
+        let got = InstancerOptions::new()
+            .snapshot_file(&path)
+            .read_snapshot(&prefix)
+            .expect("no usable file after drop");
+        assert_eq!(got.iter().collect::<Vec<_>>(), vec!["v"], "round {n}");
+    }
+}
+
+/// Lazy clients that never reach etcd (a closed port, a silent one), with
+/// a snapshot Instancer and a Registrar each, made and dropped 30 times:
+/// every drop is bounded and no thread is left behind.
+#[test]
+fn lazy_clients_that_never_connect_leave_no_threads() {
+    let silent = support::SilentPort::start();
+    let closed = support::closed_endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snap");
+    write_snapshot(&path, "/lazy/", &["a"]);
+    let cycle = |ep: &str| {
+        let c = etcd_sd::Client::connect_lazy(&[ep], options(secs(1))).unwrap();
+        let i = Instancer::with_options(&c, "/lazy/", InstancerOptions::new().snapshot_file(&path))
+            .unwrap();
+        assert_eq!(instances(&i.current()), strs(&["a"]));
+        let r = etcd_sd::Registrar::new(&c, etcd_sd::Service::new("/lazy/k", "v"));
+        let _ = r.pause();
+        drop(r);
+        drop(i);
+        drop(c);
+    };
+    let silent_ep = silent.endpoint();
+    cycle(&closed);
+    cycle(&silent_ep);
+    std::thread::sleep(secs(1));
+    let before = task_count();
+    let t0 = std::time::Instant::now();
+    for n in 0..30 {
+        cycle(if n % 2 == 0 { &closed } else { &silent_ep });
+    }
+    assert!(t0.elapsed() < secs(60), "30 cycles took {:?}", t0.elapsed());
+    assert!(
+        wait_until(secs(15), || task_count() <= before + 2),
+        "threads before {before}, after {}",
+        task_count()
+    );
+    let after = InstancerOptions::new()
+        .snapshot_file(&path)
+        .read_snapshot("/lazy/");
+    assert_eq!(
+        after.map(|s| s.len()),
+        Some(1),
+        "an offline Instancer changed the file"
+    );
+}
