@@ -48,6 +48,10 @@ pub(crate) const DEBOUNCE: Duration = Duration::from_millis(100);
 /// An unchanged set confirmed by etcd is written again (with a new time)
 /// at most this often, so that a long-lived process keeps its file fresh.
 const REFRESH_CAP: Duration = Duration::from_secs(3600);
+/// A failed write is tried again after this, then after twice as long, and
+/// so on up to [`RETRY_CAP`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_CAP: Duration = Duration::from_secs(30);
 
 #[derive(Serialize)]
 struct Out<'a> {
@@ -447,22 +451,45 @@ struct Job {
 
 impl Job {
     fn run(mut self) {
+        // A state whose write failed: tried again after `retry` (doubling
+        // up to RETRY_CAP) unless a newer one comes first, and once more
+        // when stopped, so that the file catches up once the place is
+        // usable again, with no further change in etcd.
+        let mut failed: Option<(i64, Instances)> = None;
+        let mut retry = RETRY_FIRST;
         loop {
-            // Wait for a state, then let changes settle for DEBOUNCE (or
-            // until stopped) and take the latest.
+            // Wait for a state (or the retry time), then let changes settle
+            // for DEBOUNCE (or until stopped) and take the latest.
             let mut p = self.shared.pending.lock();
+            let retry_at = failed.as_ref().map(|_| Instant::now() + retry);
             while p.state.is_none() && !p.stop {
-                self.shared.wake.wait(&mut p);
+                match retry_at {
+                    Some(at) => {
+                        if self.shared.wake.wait_until(&mut p, at).timed_out() {
+                            break;
+                        }
+                    }
+                    None => self.shared.wake.wait(&mut p),
+                }
             }
-            if !p.stop {
+            if p.state.is_some() && !p.stop {
                 let until = Instant::now() + DEBOUNCE;
                 while !p.stop && !self.shared.wake.wait_until(&mut p, until).timed_out() {}
             }
             let stop = p.stop;
-            let state = p.state.take();
+            let state = p.state.take().or_else(|| failed.take());
             drop(p);
             if let Some((revision, set)) = state {
-                self.write(revision, set);
+                match self.write(revision, set) {
+                    Ok(()) => {
+                        failed = None;
+                        retry = RETRY_FIRST;
+                    }
+                    Err(set) => {
+                        failed = Some((revision, set));
+                        retry = (retry * 2).min(RETRY_CAP);
+                    }
+                }
             }
             if stop {
                 return;
@@ -470,10 +497,12 @@ impl Job {
         }
     }
 
-    fn write(&mut self, revision: i64, set: Instances) {
+    /// Writes `set` unless it is what was last written (and not due for a
+    /// refresh); gives it back when the write failed.
+    fn write(&mut self, revision: i64, set: Instances) -> Result<(), Instances> {
         if let Some((last, at)) = &self.written {
             if *last == set && at.elapsed() < self.refresh {
-                return; // nothing new: a watch that came back, a progress note
+                return Ok(()); // nothing new: a watch that came back, a progress note
             }
         }
         let bytes = encode(&self.prefix, revision, SystemTime::now(), &set);
@@ -484,12 +513,16 @@ impl Job {
                 }
                 log::debug!(target: LOG, "{}: wrote {} instances (revision {revision}) to {}", self.prefix, set.len(), self.path.display());
                 self.written = Some((set, Instant::now()));
+                Ok(())
             }
             Err(e) => {
                 if !std::mem::replace(&mut self.failing, true) {
                     log::warn!(target: LOG, "{}: cannot write snapshot file {}: {e}; discovery goes on (this is logged once until a write succeeds)",
                         self.prefix, self.path.display());
+                } else {
+                    log::debug!(target: LOG, "{}: cannot write snapshot file {}: {e}", self.prefix, self.path.display());
                 }
+                Err(set)
             }
         }
     }

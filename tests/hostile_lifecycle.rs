@@ -440,3 +440,41 @@ fn lazy_clients_that_never_connect_leave_no_threads() {
         "an offline Instancer changed the file"
     );
 }
+
+/// A write that failed (the place unusable for a while: here a file where
+/// the directory should be) is tried again once the place is usable, with
+/// no further change in etcd: the file does not stay behind etcd for ever.
+#[test]
+fn a_failed_write_is_retried_when_the_place_comes_back() {
+    let etcd = EtcdServer::start();
+    let client = connect_with(&etcd, options(secs(2)));
+    let prefix = unique_prefix("retry");
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::write(&sub, b"a file in the way of the directory").unwrap();
+    let path = sub.join("snap");
+    let i = Instancer::with_options(
+        &client,
+        &prefix,
+        InstancerOptions::new().snapshot_file(&path),
+    )
+    .unwrap();
+    let rx = i.subscribe();
+    etcd.put(&format!("{prefix}k"), "v");
+    let _ = recv_instances(&rx, secs(10), &["v"]);
+    std::thread::sleep(secs(2)); // the write has been tried and failed
+    std::fs::remove_file(&sub).unwrap();
+    std::fs::create_dir(&sub).unwrap();
+    let read = || {
+        InstancerOptions::new()
+            .snapshot_file(&path)
+            .read_snapshot(&prefix)
+            .map(|s| s.iter().map(str::to_owned).collect::<Vec<_>>())
+    };
+    assert!(
+        wait_until(secs(30), || read() == Some(strs(&["v"]))),
+        "the snapshot was never written once the place came back: {:?}",
+        read()
+    );
+    drop(i);
+}
