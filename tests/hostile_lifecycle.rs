@@ -478,3 +478,67 @@ fn a_failed_write_is_retried_when_the_place_comes_back() {
     );
     drop(i);
 }
+
+/// A lazy client made while its only etcd is frozen (SIGSTOP: the port
+/// accepts, nothing answers): calls fail within request_timeout, and once
+/// etcd thaws a Registrar made before becomes Registered by itself and a
+/// snapshot Instancer publishes etcd's state.
+#[test]
+fn lazy_client_on_a_frozen_etcd_converges_when_it_thaws() {
+    let mut etcd = EtcdServer::start();
+    let prefix = unique_prefix("thaw");
+    etcd.put(&format!("{prefix}x"), "x");
+    etcd.pause();
+    let client = etcd_sd::Client::connect_lazy(&[etcd.endpoint()], options(secs(2))).unwrap();
+    let t0 = std::time::Instant::now();
+    let i = Instancer::with_options(&client, &prefix, InstancerOptions::new()).unwrap();
+    assert!(
+        t0.elapsed() < secs(5),
+        "with_options took {:?}",
+        t0.elapsed()
+    );
+    assert!(i.current().err.is_some(), "{}", describe(&i.current()));
+    let key = format!("{prefix}a");
+    let r = etcd_sd::Registrar::new(
+        &client,
+        etcd_sd::Service::new(key.clone(), "a").with_ttl(short_ttl()),
+    );
+    let t0 = std::time::Instant::now();
+    assert!(r.register().is_err());
+    assert!(t0.elapsed() < secs(5), "register took {:?}", t0.elapsed());
+    let rx = i.subscribe();
+    etcd.resume();
+    assert!(
+        wait_until(secs(20), || r.state()
+            == etcd_sd::RegistrationState::Registered),
+        "never registered after the thaw: {:?}",
+        r.state()
+    );
+    let ev = recv_instances(&rx, secs(20), &["a", "x"]);
+    assert!(ev.err.is_none());
+}
+
+/// With etcd up, a snapshot Instancer made right after `connect_lazy`
+/// (before the client's first answer): its first `current()` is etcd's
+/// state, never the snapshot's.
+#[test]
+fn with_etcd_up_a_fresh_lazy_client_never_shows_the_snapshot() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    for n in 0..5 {
+        let prefix = unique_prefix("fresh");
+        etcd.put(&format!("{prefix}x"), "x");
+        let path = dir.path().join(format!("snap{n}"));
+        write_snapshot(&path, &prefix, &["stale"]);
+        let client = etcd_sd::Client::connect_lazy(&[etcd.endpoint()], options(secs(2))).unwrap();
+        let i = Instancer::with_options(
+            &client,
+            &prefix,
+            InstancerOptions::new().snapshot_file(&path),
+        )
+        .unwrap();
+        let ev = i.current();
+        assert_eq!(instances(&ev), strs(&["x"]), "round {n}: {}", describe(&ev));
+        assert!(ev.err.is_none(), "round {n}: {}", describe(&ev));
+    }
+}
