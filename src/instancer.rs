@@ -227,7 +227,8 @@ impl Instancer {
     /// file or the new one.
     ///
     /// A file that cannot be read, is corrupt or truncated, was written for
-    /// another prefix or in an unknown format version, or is older than
+    /// another prefix or in an unknown format version, is larger than
+    /// 256 MiB (not read at all), or is older than
     /// [`snapshot_max_age`](InstancerOptions::snapshot_max_age) is ignored
     /// with one `warn` log record, never partly used. A directory that
     /// cannot be written (or a directory in the way of the file) is one

@@ -48,6 +48,10 @@ pub(crate) const DEBOUNCE: Duration = Duration::from_millis(100);
 /// An unchanged set confirmed by etcd is written again (with a new time)
 /// at most this often, so that a long-lived process keeps its file fresh.
 const REFRESH_CAP: Duration = Duration::from_secs(3600);
+/// A larger file is not read (ignored with a warning): far above any real
+/// prefix's snapshot, and it keeps a huge or sparse file from costing the
+/// caller of `with_options` its memory and time.
+const MAX_FILE: u64 = 256 << 20;
 /// A failed write is tried again after this, then after twice as long, and
 /// so on up to [`RETRY_CAP`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -232,7 +236,7 @@ fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
         // Opening a FIFO without a writer returns at once instead of waiting.
         open.custom_flags(libc_o_nonblock());
     }
-    let mut f = open.open(path)?;
+    let f = open.open(path)?;
     let meta = f.metadata()?;
     if meta.is_dir() {
         return Err(io::Error::new(
@@ -246,8 +250,21 @@ fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
             "not a regular file",
         ));
     }
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_FILE >> 20),
+        )
+    };
+    if meta.len() > MAX_FILE {
+        return Err(too_large());
+    }
     let mut bytes = Vec::with_capacity(meta.len().min(1 << 20) as usize);
-    f.read_to_end(&mut bytes)?;
+    // A file that grows while it is read stops at the cap too.
+    f.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(too_large());
+    }
     Ok(bytes)
 }
 

@@ -542,3 +542,26 @@ fn with_etcd_up_a_fresh_lazy_client_never_shows_the_snapshot() {
         assert!(ev.err.is_none(), "round {n}: {}", describe(&ev));
     }
 }
+
+/// A huge snapshot file (here a sparse 1 GiB one) is not read into memory:
+/// it is ignored at once (no snapshot of a real prefix comes near the cap).
+#[test]
+fn a_huge_snapshot_file_is_ignored_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(1 << 30).unwrap();
+    drop(f);
+    let (tx, rx) = mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        let got = InstancerOptions::new()
+            .snapshot_file(p)
+            .read_snapshot("/x/");
+        let _ = tx.send((got.is_none(), t0.elapsed()));
+    });
+    let (ignored, took) = rx.recv_timeout(secs(60)).expect("reading never ended");
+    assert!(ignored);
+    assert!(took < secs(2), "reading a huge file took {took:?}");
+}
