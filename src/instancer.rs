@@ -227,12 +227,17 @@ impl Instancer {
     /// file or the new one.
     ///
     /// A file that cannot be read, is corrupt or truncated, was written for
-    /// another prefix or in an unknown format version, or is older than
+    /// another prefix or in an unknown format version, is larger than
+    /// 256 MiB (not read at all), or is older than
     /// [`snapshot_max_age`](InstancerOptions::snapshot_max_age) is ignored
     /// with one `warn` log record, never partly used. A directory that
     /// cannot be written (or a directory in the way of the file) is one
-    /// `warn` record until a write succeeds again; discovery goes on, and
-    /// what is in the way is left as it is.
+    /// `warn` record until a write succeeds again; discovery goes on, the
+    /// failed write is tried again (after 1 s, doubling up to 30 s) so the
+    /// file catches up once the place is usable, and what is in the way (a
+    /// directory, a FIFO, a device: anything but a regular file) is left as
+    /// it is and never read. A symlink is followed: the file it names is
+    /// read and replaced, the link stays.
     ///
     /// Two Instancers (in one process or two) on the same file with the same
     /// prefix are safe: each write is whole, and the file holds the last one

@@ -48,6 +48,14 @@ pub(crate) const DEBOUNCE: Duration = Duration::from_millis(100);
 /// An unchanged set confirmed by etcd is written again (with a new time)
 /// at most this often, so that a long-lived process keeps its file fresh.
 const REFRESH_CAP: Duration = Duration::from_secs(3600);
+/// A larger file is not read (ignored with a warning): far above any real
+/// prefix's snapshot, and it keeps a huge or sparse file from costing the
+/// caller of `with_options` its memory and time.
+const MAX_FILE: u64 = 256 << 20;
+/// A failed write is tried again after this, then after twice as long, and
+/// so on up to [`RETRY_CAP`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_CAP: Duration = Duration::from_secs(30);
 
 #[derive(Serialize)]
 struct Out<'a> {
@@ -181,7 +189,7 @@ pub(crate) enum Found {
 /// does not exist (or a parent that is not a directory, where no file can
 /// exist) is normal at a first start (debug; the writer speaks up).
 pub(crate) fn load(path: &Path, prefix: &str, max_age: Duration) -> Found {
-    let bytes = match fs::read(path) {
+    let bytes = match read_regular(path) {
         Ok(b) => b,
         Err(e)
             if matches!(
@@ -214,6 +222,78 @@ pub(crate) fn load(path: &Path, prefix: &str, max_age: Duration) -> Found {
     }
 }
 
+/// Reads the regular file at `path` (following symlinks). Anything else is
+/// refused without blocking or reading it: a FIFO (whose open would wait for a
+/// writer for ever), a device (/dev/zero never ends), a socket. A directory is
+/// `IsADirectory`.
+fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut open = OpenOptions::new();
+    open.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opening a FIFO without a writer returns at once instead of waiting.
+        open.custom_flags(libc_o_nonblock());
+    }
+    let f = open.open(path)?;
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "a directory is in the way",
+        ));
+    }
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_FILE >> 20),
+        )
+    };
+    if meta.len() > MAX_FILE {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(1 << 20) as usize);
+    // A file that grows while it is read stops at the cap too.
+    f.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// `O_NONBLOCK`, whose value differs between platforms.
+#[cfg(unix)]
+fn libc_o_nonblock() -> i32 {
+    nix::fcntl::OFlag::O_NONBLOCK.bits()
+}
+
+/// Where a write to `path` must go: symlinks followed (a dangling one to the
+/// file it names), so that a link to the real file stays a link.
+fn resolve(path: &Path) -> io::Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&p)?;
+                p = if target.is_absolute() {
+                    target
+                } else {
+                    p.parent().unwrap_or(Path::new(".")).join(target)
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(io::Error::other("too many levels of symbolic links"))
+}
+
 /// Makes temporary file names unique within the process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -222,6 +302,16 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// that is not a file (a directory in the way) stays as it is: the rename
 /// fails. The temporary file is removed on failure.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let resolved = resolve(path)?;
+    let path = resolved.as_path();
+    if let Ok(m) = fs::metadata(path) {
+        if !m.is_dir() && !m.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "something that is not a regular file is in the way",
+            ));
+        }
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -378,22 +468,45 @@ struct Job {
 
 impl Job {
     fn run(mut self) {
+        // A state whose write failed: tried again after `retry` (doubling
+        // up to RETRY_CAP) unless a newer one comes first, and once more
+        // when stopped, so that the file catches up once the place is
+        // usable again, with no further change in etcd.
+        let mut failed: Option<(i64, Instances)> = None;
+        let mut retry = RETRY_FIRST;
         loop {
-            // Wait for a state, then let changes settle for DEBOUNCE (or
-            // until stopped) and take the latest.
+            // Wait for a state (or the retry time), then let changes settle
+            // for DEBOUNCE (or until stopped) and take the latest.
             let mut p = self.shared.pending.lock();
+            let retry_at = failed.as_ref().map(|_| Instant::now() + retry);
             while p.state.is_none() && !p.stop {
-                self.shared.wake.wait(&mut p);
+                match retry_at {
+                    Some(at) => {
+                        if self.shared.wake.wait_until(&mut p, at).timed_out() {
+                            break;
+                        }
+                    }
+                    None => self.shared.wake.wait(&mut p),
+                }
             }
-            if !p.stop {
+            if p.state.is_some() && !p.stop {
                 let until = Instant::now() + DEBOUNCE;
                 while !p.stop && !self.shared.wake.wait_until(&mut p, until).timed_out() {}
             }
             let stop = p.stop;
-            let state = p.state.take();
+            let state = p.state.take().or_else(|| failed.take());
             drop(p);
             if let Some((revision, set)) = state {
-                self.write(revision, set);
+                match self.write(revision, set) {
+                    Ok(()) => {
+                        failed = None;
+                        retry = RETRY_FIRST;
+                    }
+                    Err(set) => {
+                        failed = Some((revision, set));
+                        retry = (retry * 2).min(RETRY_CAP);
+                    }
+                }
             }
             if stop {
                 return;
@@ -401,10 +514,12 @@ impl Job {
         }
     }
 
-    fn write(&mut self, revision: i64, set: Instances) {
+    /// Writes `set` unless it is what was last written (and not due for a
+    /// refresh); gives it back when the write failed.
+    fn write(&mut self, revision: i64, set: Instances) -> Result<(), Instances> {
         if let Some((last, at)) = &self.written {
             if *last == set && at.elapsed() < self.refresh {
-                return; // nothing new: a watch that came back, a progress note
+                return Ok(()); // nothing new: a watch that came back, a progress note
             }
         }
         let bytes = encode(&self.prefix, revision, SystemTime::now(), &set);
@@ -415,12 +530,16 @@ impl Job {
                 }
                 log::debug!(target: LOG, "{}: wrote {} instances (revision {revision}) to {}", self.prefix, set.len(), self.path.display());
                 self.written = Some((set, Instant::now()));
+                Ok(())
             }
             Err(e) => {
                 if !std::mem::replace(&mut self.failing, true) {
                     log::warn!(target: LOG, "{}: cannot write snapshot file {}: {e}; discovery goes on (this is logged once until a write succeeds)",
                         self.prefix, self.path.display());
+                } else {
+                    log::debug!(target: LOG, "{}: cannot write snapshot file {}: {e}", self.prefix, self.path.display());
                 }
+                Err(set)
             }
         }
     }
