@@ -286,6 +286,12 @@ mod cli {
             );
         }
         assert!(etcd.get(&key).is_none());
+        // An empty address (`"$ADDR"` unset) is a usage error, as an
+        // empty plain value is, not an endpoint Go dials as "".
+        let (code, _, err) = run(etcd_sd(&etcd, &["register", &key, "", "--naming"]));
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("address is empty"), "{err}");
+        assert!(etcd.get(&key).is_none());
     }
 
     /// Hostile addresses and metadata: `list` prints one line per
