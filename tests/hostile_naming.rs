@@ -159,6 +159,51 @@ fn go_manager_reads_every_encoded_endpoint_as_written() {
     }
 }
 
+/// The other way: random endpoints that Go's Manager adds reach an
+/// Instancer, and `decode` gives the same address and metadata value.
+#[test]
+fn go_added_random_endpoints_decode_to_what_go_wrote() {
+    let etcd = EtcdServer::start();
+    let go = GoPeer::new(&etcd.endpoint());
+    let client = connect(&etcd);
+    let target = target("h-go-prop");
+    let mut rng = Rng(0x0ddb_a11c_0ffe_e123);
+    let mut want = Vec::new();
+    for i in 0..25 {
+        // argv holds no NUL.
+        let addr = format!("{}#{i}", rng.text().replace('\0', ""));
+        let metadata = (rng.below(4) > 0).then(|| rng.metadata(0));
+        go.add(
+            &target,
+            &format!("{target}/ep{i}"),
+            &addr,
+            metadata.as_deref(),
+        );
+        want.push((addr, metadata));
+    }
+    let instancer = Instancer::new(&client, &format!("{target}/")).unwrap();
+    let rx = instancer.subscribe();
+    let ev = recv_until(&rx, WAIT, |ev| {
+        ev.err.is_none() && ev.instances.len() == want.len()
+    })
+    .unwrap_or_else(|e| panic!("all Go endpoints: {e}"));
+    let got: Vec<Endpoint> = ev
+        .instances
+        .iter()
+        .map(|v| Endpoint::decode(v).unwrap_or_else(|e| panic!("decode {v:?}: {e}")))
+        .collect();
+    for (addr, metadata) in &want {
+        let e = got
+            .iter()
+            .find(|e| e.addr == *addr)
+            .unwrap_or_else(|| panic!("{addr:?} not in {got:?}"));
+        let want_meta = metadata.as_deref().map_or(Value::Null, json);
+        let got_meta = e.metadata.as_deref().map_or(Value::Null, json);
+        assert_eq!(as_go(&got_meta), as_go(&want_meta), "{addr:?}");
+        assert_eq!(Endpoint::decode(&e.encode()).unwrap(), *e);
+    }
+}
+
 /// What Go's `encoding/json` refuses makes Go skip the endpoint entirely,
 /// so `with_metadata` (and so the C API and the CLI) refuses it at once.
 #[test]
