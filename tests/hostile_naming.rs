@@ -282,6 +282,51 @@ fn mixed_prefix_lists_everything_and_decode_tells_them_apart() {
     assert_eq!(listed.as_object().unwrap().len(), 3, "{listed}");
 }
 
+/// A Go gRPC client dialing `etcd:///TARGET` across an etcd restart: it
+/// keeps reaching the registered servers, and a Registrar dropped after the
+/// restart is left by the client.
+#[test]
+fn grpc_dialer_across_an_etcd_restart_then_a_dropped_registrar() {
+    let mut etcd = EtcdServer::start();
+    let go = GoPeer::new(&etcd.endpoint());
+    let client = connect(&etcd);
+    let target = target("h-grpc-restart");
+    let a = go.serve_health();
+    let b = go.serve_health();
+    let ra = registered(
+        &client,
+        format!("{target}/a"),
+        Endpoint::new(&a.addr)
+            .with_metadata("\"a\"")
+            .unwrap()
+            .encode(),
+    );
+    let rb = registered(
+        &client,
+        format!("{target}/b"),
+        Endpoint::new(&b.addr).encode(),
+    );
+    let mut dialer = go.dial(&target);
+    dialer.check_until(20, WAIT, "reach both servers", |c| {
+        c.peers.contains(&a.addr) && c.peers.contains(&b.addr)
+    });
+
+    etcd.restart();
+    dialer.check_until(20, WAIT, "both servers after the restart", |c| {
+        c.errors == 0 && c.peers.contains(&a.addr) && c.peers.contains(&b.addr)
+    });
+    drop(rb);
+    dialer.check_until(
+        10,
+        Duration::from_secs(40),
+        "only A after B's Registrar dropped",
+        |c| c.errors == 0 && !c.peers.is_empty() && c.peers.iter().all(|p| *p == a.addr),
+    );
+    let listed = go.list(&target);
+    assert_eq!(listed.as_object().unwrap().len(), 1, "{listed}");
+    drop(ra);
+}
+
 #[cfg(feature = "cli")]
 mod cli {
     use std::process::Command;
