@@ -682,6 +682,31 @@ mod tests {
         assert_eq!(e.metadata.as_deref().map(str::len), Some(40_000));
     }
 
+    /// Nesting as deep as etcd's request limit allows is an answer, never
+    /// a stack overflow, even on a small stack.
+    #[test]
+    fn deep_nesting_never_overflows_the_stack() {
+        let worker = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(|| {
+                let d = MAX_KEY_AND_VALUE / 2 - 64;
+                let deep = format!("{}{}", "[".repeat(d), "]".repeat(d));
+                let open = "[{\"a\":".repeat(d / 6);
+                for m in [deep.as_str(), open.as_str()] {
+                    assert!(Endpoint::new("a").with_metadata(m).is_err());
+                    let value = format!(r#"{{"Addr":"a","X":{m},"Metadata":{m}}}"#);
+                    let _ = Endpoint::decode(&value);
+                    let e = Endpoint {
+                        addr: "a".into(),
+                        metadata: Some(m.to_string()),
+                    };
+                    let _ = Endpoint::decode(&e.encode());
+                }
+            })
+            .unwrap();
+        worker.join().expect("no panic, no overflow");
+    }
+
     #[test]
     fn round_trip() {
         let cases = [
