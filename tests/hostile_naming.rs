@@ -405,10 +405,16 @@ mod cli {
             etcd.put(&format!("{prefix}{i}"), &e.encode());
         }
         etcd.put(&format!("{prefix}plain"), "p\r\n\u{1b}]0;title\u{7}");
+        // A lone surrogate (Go reads it as U+FFFD): --json stays parseable
+        // by strict parsers (serde_json here, jq).
+        etcd.put(
+            &format!("{prefix}surrogate"),
+            r#"{"Addr":"s","Metadata":["\ud800","\udc00x"]}"#,
+        );
         let (code, out, err) = run(etcd_sd(&etcd, &["list", &prefix]));
         assert_eq!(code, Some(0), "{err}");
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 4, "{out:?}");
+        assert_eq!(lines.len(), 5, "{out:?}");
         for l in &lines {
             assert!(
                 !l.chars()
@@ -421,15 +427,17 @@ mod cli {
         assert_eq!(code, Some(0), "{err}");
         let v = json(&out);
         let items = v.as_array().expect("an array");
-        assert_eq!(items.len(), 4, "{out}");
+        assert_eq!(items.len(), 5, "{out}");
         let mut watch = Lines::spawn(etcd_sd(&etcd, &["watch", &prefix, "--json"]));
         let first = watch
             .next(WAIT)
             .unwrap_or_else(|| panic!("watch: {}", watch.stderr()));
         let ev = json(&first);
         let instances = ev["instances"].as_array().expect("instances");
-        assert_eq!(instances.len(), 4, "{first}");
+        assert_eq!(instances.len(), 5, "{first}");
         for set in [items, instances] {
+            let s = set.iter().find(|i| i["addr"] == "s").expect("addr s");
+            assert_eq!(s["metadata"], serde_json::json!(["\u{fffd}", "\u{fffd}x"]));
             for e in &endpoints {
                 let found = set.iter().find(|i| i["addr"] == e.addr.as_str());
                 let found = found.unwrap_or_else(|| panic!("{e:?} in {set:?}"));
