@@ -144,7 +144,8 @@ pub fn instance_line(value: &str) -> Cow<'_, str> {
 
 /// An instance as JSON: a value in etcd's naming format as
 /// `{"addr":ADDR,"metadata":JSON,"value":VALUE}` (the metadata as written,
-/// on one line), any other value as a JSON string.
+/// on one line, lone surrogate escapes as `\ufffd`), any other value as a
+/// JSON string.
 pub fn instance_json(value: &str) -> String {
     match Endpoint::decode(value) {
         Ok(e) => format!(
