@@ -47,7 +47,11 @@
 //! * **`Metadata`** is any JSON value; `decode` keeps its text exactly as
 //!   written (field order, unknown fields, number formats such as `1e400` or
 //!   `12345678901234567890`, `\u00e9` escapes and whitespace inside it), so
-//!   nothing is lost by passing it on. Absent or `null` is `None`. Two
+//!   nothing is lost by passing it on. Absent or `null` is `None`.
+//!   [`Endpoint::with_metadata`] is stricter, so that Go finds what it
+//!   makes: it refuses what Go's `encoding/json` cannot read, a number
+//!   beyond `float64` (`1e400`) or nesting deeper than 9999 levels (Go's
+//!   Manager and resolver skip such an endpoint entirely). Two
 //!   [`Endpoint`]s compare equal when their texts are equal: `{"a": 1}` and
 //!   `{"a":1}` are different texts of the same JSON value (parse them with
 //!   a JSON library to compare values).
@@ -116,8 +120,11 @@ impl Endpoint {
     /// without the whitespace around it; `"null"` means no metadata.
     ///
     /// # Errors
-    /// `InvalidArgument` when `json` is not one valid JSON value, or is
-    /// longer than etcd's request limit allows.
+    /// `InvalidArgument` when `json` is not one valid JSON value, is
+    /// longer than etcd's request limit allows, or is JSON that Go's
+    /// `encoding/json` refuses to read (a number beyond `float64`, such as
+    /// `1e400`, or nesting deeper than 9999 levels): Go's Manager and
+    /// resolver would skip the endpoint.
     pub fn with_metadata(self, json: impl Into<String>) -> Result<Endpoint> {
         let json = json.into();
         if json.len() > MAX_KEY_AND_VALUE {
@@ -129,6 +136,7 @@ impl Endpoint {
         let raw: &RawValue = serde_json::from_str(&json)
             .map_err(|e| Error::invalid(format!("naming metadata is not valid JSON: {e}")))?;
         let text = raw.get();
+        go_can_read(text).map_err(Error::invalid)?;
         let metadata = if text == "null" {
             None
         } else if text.len() == json.len() {
@@ -209,6 +217,59 @@ impl Endpoint {
             )),
         }
     }
+}
+
+/// How deep Go's `encoding/json` nests at most (its `maxNestingDepth`),
+/// counting the endpoint's own object: metadata may nest one less.
+const GO_MAX_METADATA_DEPTH: usize = 10_000 - 1;
+
+/// Whether Go's `encoding/json` reads `text` (valid JSON), as the metadata
+/// of an endpoint, into an `interface{}`: Go refuses, and so its Manager and
+/// resolver skip the whole endpoint, when a number does not fit a `float64`
+/// (`1e400`) or the nesting is deeper than its limit. Checked without
+/// recursion, so any depth is an answer, never a stack overflow.
+fn go_can_read(text: &str) -> std::result::Result<(), String> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string: its escapes are valid JSON, so a
+                // backslash always has a character after it.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > GO_MAX_METADATA_DEPTH {
+                    return Err(format!(
+                        "naming metadata nests deeper than Go's encoding/json reads ({GO_MAX_METADATA_DEPTH} levels): Go programs would skip the endpoint"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && matches!(bytes[i + 1], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let number = &text[start..=i];
+                if !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Err(format!(
+                        "naming metadata holds the number {}, which does not fit Go's float64: Go programs would skip the endpoint",
+                        shorten(number)
+                    ));
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// The fields of the format.
@@ -435,6 +496,10 @@ mod tests {
             let e = Endpoint::decode(&value).unwrap();
             assert_eq!(meta(&e), Some(m), "{value}");
             assert_eq!(e.encode(), value);
+            if m == "1e400" {
+                // Kept by decode, but Go cannot read it: with_metadata refuses.
+                continue;
+            }
             let made = Endpoint::new("a:1").with_metadata(m).unwrap();
             assert_eq!(made, e);
         }
@@ -567,7 +632,7 @@ mod tests {
                 })
                 .unwrap_or_else(|err| panic!("{value:?} encoded to {encoded:?}: {err}"));
             assert_eq!(Endpoint::decode(&encoded).unwrap(), e, "{value:?}");
-            if let Some(m) = &e.metadata {
+            if let Some(m) = e.metadata.as_ref().filter(|m| go_can_read(m).is_ok()) {
                 assert_eq!(e.clone().with_metadata(m.clone()).unwrap(), e);
             }
         }
@@ -575,6 +640,71 @@ mod tests {
             accepted > 100,
             "only {accepted} mutated values were endpoints"
         );
+    }
+
+    #[test]
+    fn with_metadata_refuses_what_go_cannot_read() {
+        // Go's json.Unmarshal into interface{} fails on these, and its
+        // Manager and resolver then skip the endpoint.
+        for m in [
+            "1e400",
+            "-1e400",
+            "1.7976931348623159e308",
+            r#"{"a":[1,{"b":1E+999}]}"#,
+            &format!("1{}", "0".repeat(400)),
+        ] {
+            let err = Endpoint::new("a:1").with_metadata(m).expect_err(m);
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+            assert!(err.to_string().contains("float64"), "{err}");
+        }
+        // Go reads these (the largest float64, underflow to 0, big integers).
+        for m in [
+            "1.7976931348623157e308",
+            "1.7976931348623158e308",
+            "1e-400",
+            "-0",
+            "123456789012345678901234567890",
+            r#""1e400 \" [[[ {{{""#,
+        ] {
+            Endpoint::new("a:1").with_metadata(m).expect(m);
+        }
+        // Go's nesting limit is 10000, the endpoint's object included.
+        let nest = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        Endpoint::new("a:1").with_metadata(nest(9999)).unwrap();
+        for d in [10_000, 100_000, 700_000] {
+            let err = Endpoint::new("a:1").with_metadata(nest(d)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+            assert!(err.to_string().contains("deeper"), "{err}");
+        }
+        // decode still keeps whatever was written.
+        let e =
+            Endpoint::decode(&format!(r#"{{"Addr":"a","Metadata":{}}}"#, nest(20_000))).unwrap();
+        assert_eq!(e.metadata.as_deref().map(str::len), Some(40_000));
+    }
+
+    /// Nesting as deep as etcd's request limit allows is an answer, never
+    /// a stack overflow, even on a small stack.
+    #[test]
+    fn deep_nesting_never_overflows_the_stack() {
+        let worker = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(|| {
+                let d = MAX_KEY_AND_VALUE / 2 - 64;
+                let deep = format!("{}{}", "[".repeat(d), "]".repeat(d));
+                let open = "[{\"a\":".repeat(d / 6);
+                for m in [deep.as_str(), open.as_str()] {
+                    assert!(Endpoint::new("a").with_metadata(m).is_err());
+                    let value = format!(r#"{{"Addr":"a","X":{m},"Metadata":{m}}}"#);
+                    let _ = Endpoint::decode(&value);
+                    let e = Endpoint {
+                        addr: "a".into(),
+                        metadata: Some(m.to_string()),
+                    };
+                    let _ = Endpoint::decode(&e.encode());
+                }
+            })
+            .unwrap();
+        worker.join().expect("no panic, no overflow");
     }
 
     #[test]

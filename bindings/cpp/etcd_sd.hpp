@@ -590,25 +590,39 @@ struct StringFree {
   void operator()(char *p) const noexcept { etcd_sd_string_free(p); }
 };
 using OwnedString = std::unique_ptr<char, StringFree>;
+
+/// `s` as a C string, or Error (ETCD_SD_ERR_INVALID_ARGUMENT) when it holds
+/// a NUL character, which the C string would silently cut it at.
+inline const char *c_text(const std::string &s, const char *what) {
+  if (s.find('\0') != std::string::npos) {
+    throw Error(ETCD_SD_ERR_INVALID_ARGUMENT,
+                std::string("invalid argument: ") + what + " holds a NUL character");
+  }
+  return s.c_str();
+}
 }  // namespace detail
 
 /// The etcd value {"Op":0,"Addr":...,"Metadata":...}. Throws Error
-/// (ETCD_SD_ERR_INVALID_ARGUMENT) when the metadata is not valid JSON.
+/// (ETCD_SD_ERR_INVALID_ARGUMENT) when the metadata is not valid JSON (or
+/// JSON Go cannot read), or a string holds a NUL character.
 inline std::string encode(const Endpoint &e) {
   char *out = nullptr;
-  ::etcd_sd::detail::check(etcd_sd_naming_encode(
-      e.addr.c_str(), e.metadata ? e.metadata->c_str() : nullptr, &out));
+  const char *addr = detail::c_text(e.addr, "addr");
+  const char *metadata = e.metadata ? detail::c_text(*e.metadata, "metadata") : nullptr;
+  ::etcd_sd::detail::check(etcd_sd_naming_encode(addr, metadata, &out));
   detail::OwnedString owned(out);
   return std::string(owned.get());
 }
 
 /// Reads an etcd value in the naming format. Throws Error
-/// (ETCD_SD_ERR_INVALID_ARGUMENT) when it is not one.
+/// (ETCD_SD_ERR_INVALID_ARGUMENT) when it is not one (a NUL character
+/// included: JSON holds none).
 inline Endpoint decode(std::string_view value) {
   std::string text(value);
   char *addr = nullptr;
   char *metadata = nullptr;
-  ::etcd_sd::detail::check(etcd_sd_naming_decode(text.c_str(), &addr, &metadata));
+  ::etcd_sd::detail::check(
+      etcd_sd_naming_decode(detail::c_text(text, "value"), &addr, &metadata));
   detail::OwnedString a(addr), m(metadata);
   Endpoint e{std::string(a.get()), std::nullopt};
   if (m) e.metadata = std::string(m.get());

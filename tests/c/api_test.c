@@ -1147,12 +1147,12 @@ static void test_instancer_with_snapshot(void) {
 static void test_naming_encode_decode(void) {
   char *value = NULL, *addr = NULL, *meta = NULL;
   /* Metadata kept as written, without the whitespace around it. */
-  CHECK_OK(etcd_sd_naming_encode("10.0.0.1:8080", " {\"v\": \"1.2\", \"n\": 1e400} ", &value));
+  CHECK_OK(etcd_sd_naming_encode("10.0.0.1:8080", " {\"v\": \"1.2\", \"n\": 1.50e3} ", &value));
   CHECK(value && strcmp(value, "{\"Op\":0,\"Addr\":\"10.0.0.1:8080\",\"Metadata\":"
-                               "{\"v\": \"1.2\", \"n\": 1e400}}") == 0);
+                               "{\"v\": \"1.2\", \"n\": 1.50e3}}") == 0);
   CHECK_OK(etcd_sd_naming_decode(value, &addr, &meta));
   CHECK(addr && strcmp(addr, "10.0.0.1:8080") == 0);
-  CHECK(meta && strcmp(meta, "{\"v\": \"1.2\", \"n\": 1e400}") == 0);
+  CHECK(meta && strcmp(meta, "{\"v\": \"1.2\", \"n\": 1.50e3}") == 0);
   etcd_sd_string_free(value);
   etcd_sd_string_free(addr);
   etcd_sd_string_free(meta);
@@ -1183,6 +1183,18 @@ static void test_naming_encode_decode(void) {
   char text[256];
   etcd_sd_last_error(text, sizeof text);
   CHECK(strstr(text, "not valid JSON") != NULL);
+  /* JSON that Go's encoding/json cannot read (Go would skip the endpoint). */
+  value = (char *)1;
+  CHECK_STATUS(etcd_sd_naming_encode("h:1", "{\"n\": 1e400}", &value),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK(value == NULL);
+  etcd_sd_last_error(text, sizeof text);
+  CHECK(strstr(text, "float64") != NULL);
+  /* A value that is a naming endpoint but Go cannot read decodes anyway. */
+  CHECK_OK(etcd_sd_naming_decode("{\"Addr\":\"a\",\"Metadata\":1e400}", &addr, &meta));
+  CHECK(meta && strcmp(meta, "1e400") == 0);
+  etcd_sd_string_free(addr);
+  etcd_sd_string_free(meta);
   CHECK_STATUS(etcd_sd_naming_encode(NULL, NULL, &value), ETCD_SD_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(etcd_sd_naming_encode("h:1", NULL, NULL), ETCD_SD_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(etcd_sd_naming_encode(BAD_UTF8, NULL, &value), ETCD_SD_ERR_INVALID_ARGUMENT);

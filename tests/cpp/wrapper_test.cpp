@@ -397,6 +397,14 @@ void test_naming() {
   CHECK_THROWS(naming::encode(naming::Endpoint{"h:1", std::string("{bad")}),
                ETCD_SD_ERR_INVALID_ARGUMENT);
   CHECK_THROWS(naming::decode("http://10.0.0.1:8080"), ETCD_SD_ERR_INVALID_ARGUMENT);
+  // A NUL inside a std::string is refused, not silently cut at.
+  using namespace std::string_literals;
+  CHECK_THROWS(naming::encode(naming::Endpoint{"a:1\0b"s, std::nullopt}),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS(naming::encode(naming::Endpoint{"a:1", "{}\0{bad"s}), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS(naming::decode("{\"Addr\":\"a\"}\0junk"s), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS(naming::encode(naming::Endpoint{"a:1", std::string("1e400")}),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
   try {
     naming::decode("{\"Metadata\":1}");
     CHECK(false);

@@ -97,6 +97,11 @@ pub fn naming_value(value: &str, naming: bool, metadata: Option<&str>) -> Result
     if !naming {
         return Ok(value.to_string());
     }
+    // An empty address would still make a non-empty value, which Go's
+    // resolver dials as "": as for a plain value, a usage error.
+    if value.is_empty() {
+        return Err(Failure::new(Failure::USAGE, "the address is empty"));
+    }
     let mut endpoint = Endpoint::new(value);
     if let Some(json) = metadata {
         endpoint = endpoint

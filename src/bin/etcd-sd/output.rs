@@ -144,7 +144,8 @@ pub fn instance_line(value: &str) -> Cow<'_, str> {
 
 /// An instance as JSON: a value in etcd's naming format as
 /// `{"addr":ADDR,"metadata":JSON,"value":VALUE}` (the metadata as written,
-/// on one line), any other value as a JSON string.
+/// on one line, lone surrogate escapes as `\ufffd`), any other value as a
+/// JSON string.
 pub fn instance_json(value: &str) -> String {
     match Endpoint::decode(value) {
         Ok(e) => format!(
@@ -152,13 +153,57 @@ pub fn instance_json(value: &str) -> String {
             json_string(&e.addr),
             e.metadata
                 .as_deref()
-                .map(compact_json)
+                .map(|m| no_lone_surrogates(&compact_json(m)).into_owned())
                 .as_deref()
                 .unwrap_or("null"),
             json_string(value)
         ),
         Err(_) => json_string(value),
     }
+}
+
+/// JSON text with every lone surrogate escape (`\ud800` not followed by a
+/// low one, or a lone `\udc00`) in its strings replaced by `\ufffd`, as Go
+/// reads it: strict parsers (jq, serde_json) refuse lone surrogates.
+fn no_lone_surrogates(text: &str) -> Cow<'_, str> {
+    if !text.contains("\\u") {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let hex = |at: usize| -> Option<u16> {
+        (bytes.get(at) == Some(&b'\\') && bytes.get(at + 1) == Some(&b'u'))
+            .then(|| text.get(at + 2..at + 6))
+            .flatten()
+            .and_then(|h| u16::from_str_radix(h, 16).ok())
+    };
+    let mut out = String::new();
+    let (mut i, mut copied, mut in_string) = (0, 0, false);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string => {
+                i += match hex(i) {
+                    Some(0xd800..=0xdbff) if matches!(hex(i + 6), Some(0xdc00..=0xdfff)) => 12,
+                    Some(0xd800..=0xdfff) => {
+                        out.push_str(&text[copied..i]);
+                        out.push_str("\\ufffd");
+                        copied = i + 6;
+                        6
+                    }
+                    Some(_) => 6,
+                    None => 2,
+                };
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
 }
 
 /// A JSON array of instances, each as [`instance_json`].
@@ -352,6 +397,25 @@ mod tests {
             compact_json(r#"{ "a\" b" : "c\\" , "d":1 }"#),
             r#"{"a\" b":"c\\","d":1}"#
         );
+    }
+
+    #[test]
+    fn json_lines_hold_no_lone_surrogates() {
+        // jq and serde_json refuse lone surrogates: --json writes U+FFFD
+        // for them, as Go reads them; pairs and other escapes stay.
+        let v = r#"{"Addr":"a","Metadata":{"\ud800k":["\udc00","\ud83d\ude00","\\ud800","\ud800\u0041","x\ud800"]}}"#;
+        let json = instance_json(v);
+        let parsed: serde_json::Value = serde_json::from_str(&json).expect(&json);
+        assert_eq!(
+            parsed["metadata"],
+            serde_json::json!({"\u{fffd}k": ["\u{fffd}", "😀", "\\ud800", "\u{fffd}A", "x\u{fffd}"]})
+        );
+        // The raw value is still there as written.
+        assert_eq!(parsed["value"], v);
+        assert!(matches!(
+            no_lone_surrogates(r#"{"a":"\u00e9"}"#),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
