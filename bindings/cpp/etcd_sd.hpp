@@ -87,6 +87,16 @@ inline void check(Status s) {
   if (s != ETCD_SD_OK) throw Error::last(s);
 }
 
+/// `s` as a C string, or Error (ETCD_SD_ERR_INVALID_ARGUMENT) when it holds
+/// a NUL character, which the C string would silently cut it at.
+inline const char *c_text(const std::string &s, const char *what) {
+  if (s.find('\0') != std::string::npos) {
+    throw Error(ETCD_SD_ERR_INVALID_ARGUMENT,
+                std::string("invalid argument: ") + what + " holds a NUL character");
+  }
+  return s.c_str();
+}
+
 template <class T, void (*Free)(T *)>
 struct Deleter {
   void operator()(T *p) const noexcept { Free(p); }
@@ -234,7 +244,7 @@ class Client {
   /// The values under `prefix`, in key order (go-kit's GetEntries).
   std::vector<std::string> get_entries(const std::string &prefix) const {
     etcd_sd_strings *raw = nullptr;
-    detail::check(etcd_sd_client_get_entries(handle_.get(), prefix.c_str(), &raw));
+    detail::check(etcd_sd_client_get_entries(handle_.get(), detail::c_text(prefix, "prefix"), &raw));
     detail::Handle<etcd_sd_strings, etcd_sd_strings_free> list(raw);
     std::vector<std::string> out;
     std::size_t n = etcd_sd_strings_len(list.get());
@@ -256,10 +266,12 @@ class Client {
   Client(const std::vector<std::string> &endpoints, const ClientOptions &options, bool lazy) {
     std::vector<const char *> eps;
     eps.reserve(endpoints.size());
-    for (const std::string &e : endpoints) eps.push_back(e.c_str());
+    for (const std::string &e : endpoints) eps.push_back(detail::c_text(e, "endpoint"));
     etcd_sd_client_options o;
     etcd_sd_client_options_init(&o);
-    auto str = [](const std::optional<std::string> &s) { return s ? s->c_str() : nullptr; };
+    auto str = [](const std::optional<std::string> &s) {
+      return s ? detail::c_text(*s, "option") : nullptr;
+    };
     o.cert = str(options.cert);
     o.key = str(options.key);
     o.ca_cert = str(options.ca_cert);
@@ -298,7 +310,7 @@ class Registrar {
             std::chrono::milliseconds heartbeat = std::chrono::milliseconds(0),
             std::chrono::milliseconds ttl = std::chrono::milliseconds(0)) {
     etcd_sd_registrar *r = nullptr;
-    detail::check(etcd_sd_registrar_new(client.get(), key.c_str(), value.c_str(),
+    detail::check(etcd_sd_registrar_new(client.get(), detail::c_text(key, "key"), detail::c_text(value, "value"),
                                         to_c_millis(heartbeat), to_c_millis(ttl), &r));
     handle_.reset(r);
   }
@@ -470,7 +482,7 @@ class Instancer {
 
   Instancer(const Client &client, const std::string &prefix) {
     etcd_sd_instancer *i = nullptr;
-    detail::check(etcd_sd_instancer_new(client.get(), prefix.c_str(), &i));
+    detail::check(etcd_sd_instancer_new(client.get(), detail::c_text(prefix, "prefix"), &i));
     handle_.reset(i);
   }
 
@@ -482,8 +494,8 @@ class Instancer {
   Instancer(const Client &client, const std::string &prefix, const InstancerOptions &options) {
     etcd_sd_instancer *i = nullptr;
     detail::check(etcd_sd_instancer_new_with_snapshot(
-        client.get(), prefix.c_str(),
-        options.snapshot_file ? options.snapshot_file->c_str() : nullptr,
+        client.get(), detail::c_text(prefix, "prefix"),
+        options.snapshot_file ? detail::c_text(*options.snapshot_file, "snapshot_file") : nullptr,
         to_c_millis(options.snapshot_max_age), &i));
     handle_.reset(i);
   }
@@ -591,15 +603,6 @@ struct StringFree {
 };
 using OwnedString = std::unique_ptr<char, StringFree>;
 
-/// `s` as a C string, or Error (ETCD_SD_ERR_INVALID_ARGUMENT) when it holds
-/// a NUL character, which the C string would silently cut it at.
-inline const char *c_text(const std::string &s, const char *what) {
-  if (s.find('\0') != std::string::npos) {
-    throw Error(ETCD_SD_ERR_INVALID_ARGUMENT,
-                std::string("invalid argument: ") + what + " holds a NUL character");
-  }
-  return s.c_str();
-}
 }  // namespace detail
 
 /// The etcd value {"Op":0,"Addr":...,"Metadata":...}. Throws Error
@@ -607,8 +610,8 @@ inline const char *c_text(const std::string &s, const char *what) {
 /// JSON Go cannot read), or a string holds a NUL character.
 inline std::string encode(const Endpoint &e) {
   char *out = nullptr;
-  const char *addr = detail::c_text(e.addr, "addr");
-  const char *metadata = e.metadata ? detail::c_text(*e.metadata, "metadata") : nullptr;
+  const char *addr = etcd_sd::detail::c_text(e.addr, "addr");
+  const char *metadata = e.metadata ? etcd_sd::detail::c_text(*e.metadata, "metadata") : nullptr;
   ::etcd_sd::detail::check(etcd_sd_naming_encode(addr, metadata, &out));
   detail::OwnedString owned(out);
   return std::string(owned.get());
@@ -622,7 +625,7 @@ inline Endpoint decode(std::string_view value) {
   char *addr = nullptr;
   char *metadata = nullptr;
   ::etcd_sd::detail::check(
-      etcd_sd_naming_decode(detail::c_text(text, "value"), &addr, &metadata));
+      etcd_sd_naming_decode(etcd_sd::detail::c_text(text, "value"), &addr, &metadata));
   detail::OwnedString a(addr), m(metadata);
   Endpoint e{std::string(a.get()), std::nullopt};
   if (m) e.metadata = std::string(m.get());

@@ -421,6 +421,20 @@ void test_naming() {
   CHECK(naming::decode(values[0]) == (naming::Endpoint{"10.0.0.2:1", std::string("\"z\"")}));
 }
 
+void test_nul_in_strings_is_refused() {
+  using namespace std::string_literals;
+  etcd_sd::Client c = connect();
+  std::string p = prefix("nul");
+  // A NUL would cut the C string: refused, never a silently shorter key.
+  CHECK_THROWS(etcd_sd::Registrar(c, p + "a\0b"s, "v"), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS(etcd_sd::Registrar(c, p + "a", "v\0w"s), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS((void)c.get_entries(p + "\0"s), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS(etcd_sd::Instancer(c, p + "\0x"s), ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK_THROWS(etcd_sd::Client(std::vector<std::string>{"127.0.0.1:2379\0junk"s}),
+               ETCD_SD_ERR_INVALID_ARGUMENT);
+  CHECK(c.get_entries(p).empty());
+}
+
 int main() {
   const char *ep = std::getenv("ETCD_SD_TEST_ENDPOINT");
   if (!ep || !*ep) {
@@ -443,6 +457,7 @@ int main() {
       {"lazy_client_and_drain", test_lazy_client_and_drain},
       {"instancer_with_snapshot", test_instancer_with_snapshot},
       {"naming", test_naming},
+      {"nul_in_strings_is_refused", test_nul_in_strings_is_refused},
   };
   int passed = 0, failed = 0;
   for (auto &t : tests) {
